@@ -231,12 +231,20 @@ MAX_EXPANSION = 4096
 IFNAMSIZ = 16
 
 
-def is_group(text):
+def is_address(text):
     try:
-        net = parse_net(text)
+        parse_net(text)
     except ValueError:
         return False
-    return MULTICAST[len(net.addr)].covers(net)
+    return True
+
+
+def is_group(text):
+    try:
+        parse_group(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_group(text):
@@ -910,13 +918,16 @@ class Router:
     def resolve(self, route, iif):
         """The MFC entry (parent, oifs) that `route` gives to traffic on `iif`."""
         kernel = self.kernels[len(route.group.addr)]
-        parent = kernel.vif(iif, self.ttl(iif.name))
-        oifs = set()
-        for name in route.oifs:
-            for oif in self.usable(name):
-                if oif.index != iif.index or not is_pattern(name):
-                    ttl = self.ttl(oif.name)
-                    oifs.add((kernel.vif(oif, ttl), ttl))
+        try:
+            parent = kernel.vif(iif, self.ttl(iif.name))
+            oifs = set()
+            for name in route.oifs:
+                for oif in self.usable(name):
+                    if oif.index != iif.index or not is_pattern(name):
+                        ttl = self.ttl(oif.name)
+                        oifs.add((kernel.vif(oif, ttl), ttl))
+        except KernelError as exc:
+            raise KernelError("%s: %s: %s" % (route.origin, route, exc)) from None
         return parent, tuple(sorted(oifs))
 
     def wanted(self, key):
@@ -943,10 +954,12 @@ class Router:
                 continue
             try:
                 kernel.apply(key, self.wanted(key))
-            except (KernelError, OSError) as exc:
-                problem = "%s: %s" % (pairs_text(ntop(key[0]), ntop(key[1])), describe(exc))
-                log.error(problem)
-                problems.append(problem)
+            except KernelError as exc:
+                problems.append(str(exc))
+            except OSError as exc:
+                problems.append("%s: %s" % (pairs_text(ntop(key[0]), ntop(key[1])), describe(exc)))
+        for problem in problems:
+            log.error(problem)
         return problems
 
     def sync_vifs(self):
@@ -1168,9 +1181,11 @@ class Router:
         self.memberships = {}
         for membership in config.memberships:
             self.memberships.setdefault(membership.key, membership)
-        keys = set(self.exact) | set(self.learned)
+        # Config order decides which rules get the last free VIFs.
+        keys = dict.fromkeys(self.exact)
+        keys.update(dict.fromkeys(self.learned))
         for kernel in self.kernels.values():
-            keys.update(kernel.mfc)
+            keys.update(dict.fromkeys(kernel.mfc))
         warnings = []
         for route in self.routes.values():
             warnings += self.route_problems(route)
@@ -1247,11 +1262,11 @@ class CommandError(Exception):
 
 
 def split_source_group(words, usage):
-    """[SRC] GRP [rest...] -> (src or None, grp, rest); the second word is a
-    source when it is not a multicast group."""
+    """[SRC] GRP [rest...] -> (src or None, grp, rest); the first word is a
+    source when it is not a group and an address follows it."""
     if not words:
         raise CommandError("usage: " + usage)
-    if is_group(words[0]) or len(words) == 1:
+    if is_group(words[0]) or len(words) == 1 or not is_address(words[1]):
         return None, words[0], words[1:]
     return words[0], words[1], words[2:]
 
@@ -1493,7 +1508,7 @@ class ControlServer:
             sock.bind(path)
         finally:
             os.umask(old_umask)
-        sock.listen(16)
+        sock.listen(64)
         sock.setblocking(False)
         return sock
 

@@ -227,8 +227,8 @@ class Daemon:
     def ctl(self, *lines):
         """Send command lines on one connection; returns the reply lines."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(10)
         sock.connect(self.socket)
+        sock.settimeout(10)
         sock.sendall("".join(line + "\n" for line in lines).encode())
         sock.shutdown(socket.SHUT_WR)
         data = b""

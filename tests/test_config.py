@@ -1,0 +1,228 @@
+"""The smcroute.conf parser: every directive, and every error with its line."""
+
+import socket
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import smcroute
+from smcroute import parse_net, read_config
+
+
+@pytest.fixture
+def parse(tmp_path, monkeypatch):
+    """parse(text, {name: text of other files}) -> Config, read from
+    smcroute.conf in an empty working directory."""
+    monkeypatch.chdir(tmp_path)
+
+    def parse(text, files=()):
+        for name, body in dict(files).items():
+            path = tmp_path / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body)
+        (tmp_path / "smcroute.conf").write_text(text)
+        return read_config("smcroute.conf")
+    return parse
+
+
+def routes(config):
+    return [(r.iif, r.source and str(r.source), str(r.group), r.oifs) for r in config.routes]
+
+
+def memberships(config):
+    return [(m.iif, m.source and str(m.source), str(m.group)) for m in config.memberships]
+
+
+# Directives -----------------------------------------------------------------
+
+def test_mroute_forms(parse):
+    config = parse("mroute from eth0 source 10.0.0.1 group 225.1.2.3 to eth1 eth2\n"
+                   "mroute from eth0 group 225.1.2.3 to eth1\n"
+                   "mroute from eth0 source 0.0.0.0 group 225.1.0.0/16 to eth1\n"
+                   "mroute from eth0 source 10.0.0.0/24 group 225.1.2.3/32 to eth1\n"
+                   "mroute group ff2e::1 from eth0 to eth1\n"
+                   "mroute from eth0 source :: group ff2e::/16 to eth+\n"
+                   "mroute from eth0 source 10.0.0.1 group 225.1.2.4\n")
+    assert config.errors == []
+    assert routes(config) == [
+        ("eth0", "10.0.0.1", "225.1.2.3", ["eth1", "eth2"]),
+        ("eth0", None, "225.1.2.3", ["eth1"]),
+        ("eth0", None, "225.1.0.0/16", ["eth1"]),
+        ("eth0", "10.0.0.0/24", "225.1.2.3", ["eth1"]),
+        ("eth0", None, "ff2e::1", ["eth1"]),
+        ("eth0", None, "ff2e::/16", ["eth+"]),
+        ("eth0", "10.0.0.1", "225.1.2.4", []),
+    ]
+    assert [r.is_exact for r in config.routes] == [True, False, False, False, False, False, True]
+
+
+def test_host_bits_of_a_prefix_are_cleared(parse):
+    config = parse("mroute from eth0 source 10.1.2.3/8 group 225.1.2.3/24 to eth1\n")
+    assert routes(config) == [("eth0", "10.0.0.0/8", "225.1.2.0/24", ["eth1"])]
+
+
+def test_mgroup_and_ssmgroup(parse):
+    config = parse("mgroup from eth0 group 225.1.2.3\n"
+                   "ssmgroup from eth0 source 10.0.0.1 group 232.1.1.1\n"
+                   "mgroup from eth1 source fd00::1 group ff3e::1\n"
+                   "mgroup from eth+ group 225.1.2.0/30\n")
+    assert config.errors == []
+    assert memberships(config) == [("eth0", None, "225.1.2.3"), ("eth0", "10.0.0.1", "232.1.1.1"),
+                                   ("eth1", "fd00::1", "ff3e::1"), ("eth+", None, "225.1.2.0/30")]
+
+
+def test_phyint(parse):
+    config = parse("phyint eth0\n"
+                   "phyint eth1 disable\n"
+                   "phyint eth2 enable ttl-threshold 8\n"
+                   "phyint eth3 ttl-threshold 255 enable\n")
+    assert config.errors == []
+    assert [(p.name, p.enabled, p.ttl) for p in config.phyints.values()] == [
+        ("eth0", True, 1), ("eth1", False, 1), ("eth2", True, 8), ("eth3", True, 255)]
+
+
+def test_phyint_mrdisc_is_accepted_with_a_warning(parse):
+    config = parse("phyint eth0 enable mrdisc\n")
+    assert config.errors == [] and config.phyints["eth0"].mrdisc
+    assert config.warnings == \
+        ["smcroute.conf:1: mrdisc is not supported by smcroute.py, ignored"]
+
+
+def test_seed_v1_99_lines(parse):
+    config = parse("mgroup from eth0 group 239.1.1.1\n"
+                   "mroute from eth0 source 192.168.1.2 group 239.1.1.1 to eth1 eth2\n"
+                   "mroute from eth0 group 239.1.1.2 to eth1\n")
+    assert config.errors == []
+    assert len(config.routes) == 2 and len(config.memberships) == 1
+
+
+def test_comments_and_blank_lines(parse):
+    config = parse("# a comment\n\n   \t\n"
+                   "mroute from eth0 group 225.1.2.3 to eth1 # eth2 is off\n"
+                   "#mroute from eth0 group 225.1.2.4 to eth1\n")
+    assert config.errors == []
+    assert routes(config) == [("eth0", None, "225.1.2.3", ["eth1"])]
+
+
+# Include ----------------------------------------------------------------------
+
+def test_include_is_relative_to_the_including_file_and_sorted(parse):
+    config = parse("include smcroute.d/*.conf\nmgroup from eth0 group 225.0.0.9\n", {
+        "smcroute.d/b.conf": "mgroup from eth0 group 225.0.0.2\n",
+        "smcroute.d/a.conf": "mgroup from eth0 group 225.0.0.1\ninclude ../more\n",
+        "smcroute.d/ignored.txt": "nonsense\n",
+        "more": "mgroup from eth0 group 225.0.0.3\n"})
+    assert config.errors == []
+    assert [g for _, _, g in memberships(config)] == \
+        ["225.0.0.1", "225.0.0.3", "225.0.0.2", "225.0.0.9"]
+
+
+def test_include_errors_name_the_included_file_and_line(parse):
+    config = parse("include other.conf\n", {"other.conf": "\nmroute from eth0 group 1.1.1.1\n"})
+    assert config.errors == ["other.conf:2: 1.1.1.1 is not a multicast group"]
+
+
+def test_include_of_a_glob_that_matches_nothing_is_fine(parse):
+    assert parse("include nothing.d/*.conf\n").errors == []
+
+
+def test_include_of_a_missing_file_is_an_error(parse):
+    config = parse("include missing.conf\n")
+    assert len(config.errors) == 1
+    assert config.errors[0].startswith("smcroute.conf:1: cannot include")
+    assert "missing.conf: No such file or directory" in config.errors[0]
+
+
+def test_include_cycles_are_refused(parse):
+    config = parse("include a.conf\n", {"a.conf": "include b.conf\n", "b.conf": "include a.conf\n"})
+    assert len(config.errors) == 1
+    assert config.errors[0].startswith("b.conf:1: include cycle: ")
+
+
+def test_a_file_that_includes_itself(parse):
+    config = parse("include smcroute.conf\nmgroup from eth0 group 225.1.1.1\n")
+    assert len(config.errors) == 1 and "include cycle" in config.errors[0]
+    assert len(config.memberships) == 1
+
+
+# Errors ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("line, error", [
+    ("bogus eth0", "unknown directive 'bogus', expected one of: include, phyint, mroute, "
+                   "mgroup, ssmgroup"),
+    ("mroute from eth0 group 225.1.2.3 via eth1",
+     "unknown keyword 'via', expected one of: from, source, group, to"),
+    ("mroute group 225.1.2.3 to eth1", "missing 'from'"),
+    ("mroute from eth0 to eth1", "missing 'group'"),
+    ("mroute from eth0 group 225.1.2.3 to", "'to' needs at least one interface"),
+    ("mroute from eth0 group", "'group' needs a value"),
+    ("mroute from eth0 from eth1 group 225.1.2.3", "'from' given twice"),
+    ("mroute from eth0 group 10.1.2.3 to eth1", "10.1.2.3 is not a multicast group"),
+    ("mroute from eth0 group 224.0.0.0/3 to eth1", "224.0.0.0/3 is not a multicast group"),
+    ("mroute from eth0 group 225.1.2 to eth1", "'225.1.2' is not an IP address"),
+    ("mroute from eth0 group 225.1.2.3/40 to eth1", "'225.1.2.3/40': the prefix length must be 0 to 32"),
+    ("mroute from eth0 group ff2e::1/x to eth1", "'ff2e::1/x': the prefix length must be 0 to 128"),
+    ("mroute from eth0 source 225.1.1.1 group 225.1.2.3 to eth1", "source 225.1.1.1 is a multicast address"),
+    ("mroute from eth0 source fd00::1 group 225.1.2.3 to eth1",
+     "source fd00::1 and group 225.1.2.3 are not the same IP version"),
+    ("mroute from eth0/1 group 225.1.2.3 to eth1", "'eth0/1' is not a valid interface name"),
+    ("mroute from eth0 group 225.1.2.3 to averyveryverylongname",
+     "'averyveryverylongname' is not a valid interface name"),
+    ("mroute from e+th group 225.1.2.3 to eth1", "'e+th' is not a valid interface name"),
+    ("mgroup from eth0 group 225.1.2.3 to eth1", "unknown keyword 'to', expected one of: from, source, group"),
+    ("mgroup from eth0 group 225.0.0.0/8", "(*, 225.0.0.0/8) expands to 16777216 memberships, "
+                                            "at most 4096 are allowed"),
+    ("mgroup from eth0 source 10.0.0.0/24 group 232.1.1.0/27",
+     "(10.0.0.0/24, 232.1.1.0/27) expands to 8192"),
+    ("phyint", "phyint needs an interface name"),
+    ("phyint eth0 ttl-threshold", "ttl-threshold needs a number from 1 to 255"),
+    ("phyint eth0 ttl-threshold 0", "ttl-threshold needs a number from 1 to 255"),
+    ("phyint eth0 ttl-threshold 256", "ttl-threshold needs a number from 1 to 255"),
+    ("phyint eth0 fast", "phyint: unknown option 'fast', expected enable, disable, ttl-threshold N "
+                         "or mrdisc"),
+    ("include", "include needs exactly one file name or pattern"),
+    ("include a b", "include needs exactly one file name or pattern"),
+])
+def test_each_error_names_file_line_and_what_is_wrong(parse, line, error):
+    config = parse("# line 1\nmgroup from eth0 group 225.1.1.1\n" + line + "\n")
+    [problem] = config.errors
+    assert problem.startswith("smcroute.conf:3: " + error)
+    assert len(config.memberships) == 1          # the good line still counts
+
+
+def test_every_bad_line_is_reported(parse):
+    config = parse("bogus\nmroute from eth0 group 1.1.1.1\nphyint\n")
+    assert [e.split(":")[1] for e in config.errors] == ["1", "2", "3"]
+
+
+def test_unreadable_config(tmp_path):
+    config = read_config(str(tmp_path / "missing.conf"))
+    assert config.errors == ["%s: No such file or directory" % (tmp_path / "missing.conf")]
+
+
+# Addresses --------------------------------------------------------------------
+
+ipv4 = st.binary(min_size=4, max_size=4).flatmap(lambda a: st.tuples(st.just(a), st.integers(0, 32)))
+ipv6 = st.binary(min_size=16, max_size=16).flatmap(lambda a: st.tuples(st.just(a), st.integers(0, 128)))
+
+
+@given(st.one_of(ipv4, ipv6))
+def test_a_prefix_prints_as_it_parses_and_contains_its_address(prefix):
+    addr, length = prefix
+    net = smcroute.Net(addr, length)
+    family = socket.AF_INET if len(addr) == 4 else socket.AF_INET6
+    text = "%s/%d" % (socket.inet_ntop(family, addr), length)
+    assert parse_net(text) == net
+    assert parse_net(str(net)) == net
+    assert addr in net
+    assert net.covers(parse_net(socket.inet_ntop(family, addr)))
+    assert len(list(net)) == net.size if net.size <= 256 else True
+
+
+def test_prefix_membership():
+    net = parse_net("225.1.2.0/24")
+    assert socket.inet_aton("225.1.2.255") in net
+    assert socket.inet_aton("225.1.3.0") not in net
+    assert socket.inet_pton(socket.AF_INET6, "ff2e::1") not in net
+    assert [socket.inet_ntoa(a) for a in parse_net("225.1.2.4/31")] == ["225.1.2.4", "225.1.2.5"]
