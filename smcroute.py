@@ -1201,7 +1201,7 @@ class Router:
         """Every rule and kernel entry, as dicts for `show routes`."""
         rows = []
         installed = set()
-        for size, kernel in sorted(self.kernels.items()):
+        for _, kernel in sorted(self.kernels.items()):
             names = {vif: self.ifaces.by_index.get(index) for vif, index in enumerate(kernel.vifs)}
             for key, (parent, oifs) in sorted(kernel.mfc.items(), key=lambda i: (i[0][1], i[0][0])):
                 installed.add(key)

@@ -7,7 +7,6 @@ Under CI=true they must run: there, not being able to is a failure.
 import os
 
 import pytest
-
 from netbed import Daemon, NetBed
 
 

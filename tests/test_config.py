@@ -170,7 +170,8 @@ def test_a_file_that_includes_itself(parse):
     ("mroute from eth0 group 225.1.2.3 to averyveryverylongname",
      "'averyveryverylongname' is not a valid interface name"),
     ("mroute from e+th group 225.1.2.3 to eth1", "'e+th' is not a valid interface name"),
-    ("mgroup from eth0 group 225.1.2.3 to eth1", "unknown keyword 'to', expected one of: from, source, group"),
+    ("mgroup from eth0 group 225.1.2.3 to eth1",
+     "unknown keyword 'to', expected one of: from, source, group"),
     ("mgroup from eth0 group 225.0.0.0/8", "(*, 225.0.0.0/8) expands to 16777216 memberships, "
                                             "at most 4096 are allowed"),
     ("mgroup from eth0 source 10.0.0.0/24 group 232.1.1.0/27",

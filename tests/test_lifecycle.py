@@ -8,7 +8,6 @@ import sys
 import time
 
 import pytest
-
 from netbed import DAEMON
 from test_forwarding import ALL, reached
 from test_groups import igmp_groups
