@@ -27,6 +27,7 @@ import struct
 import sys
 import syslog
 import time
+import traceback
 from collections import namedtuple
 
 VERSION = "0.1.0"
@@ -1575,10 +1576,10 @@ class Daemon:
             self.selector.register(kernel.sock, selectors.EVENT_READ, self._upcall_reader(kernel))
         self.server = ControlServer(self.options.socket, self.selector, Control(self))
         self._catch_signals()
-        config = read_config_for_daemon(self.options.config)
-        for problem in config.errors:
-            log.error(problem)
-        self.router.load(config)
+        if os.path.exists(self.options.config):
+            self.router.load(self.read_config())
+        else:
+            log.warning("%s: no such file, starting with no rules" % self.options.config)
         if self.options.expire:
             self.next_expire = time.monotonic() + self.options.expire
         if self.options.pidfile:
@@ -1600,7 +1601,6 @@ class Daemon:
         signal.set_wakeup_fd(writer.fileno())
         for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: None)
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         self.selector.register(reader, selectors.EVENT_READ, self._on_signal)
 
     def _on_signal(self, mask):
@@ -1619,11 +1619,9 @@ class Daemon:
                 self.running = False
 
     def reload(self):
-        """Re-read the config; a config with errors changes nothing."""
-        config = read_config_for_daemon(self.options.config)
+        """Re-read the config; a config with errors, or none, changes nothing."""
+        config = self.read_config()
         if config.errors:
-            for problem in config.errors:
-                log.error(problem)
             log.error("reload refused: %d errors in %s, nothing changed"
                       % (len(config.errors), self.options.config))
             raise CommandError("reload refused, nothing changed: " + "; ".join(config.errors))
@@ -1631,18 +1629,34 @@ class Daemon:
         log.notice("reloaded %s" % self.options.config)
         return ["warning: " + p for p in problems]
 
+    def read_config(self):
+        config = read_config(self.options.config)
+        for problem in config.errors:
+            log.error(problem)
+        for warning in config.warnings:
+            log.warning(warning)
+        return config
+
     def run(self):
         while self.running:
             timeout = None
             if self.next_expire is not None:
                 timeout = max(0.0, self.next_expire - time.monotonic())
             for key, mask in self.selector.select(timeout):
-                key.data(mask)
+                self.guarded(key.data, mask)
                 if not self.running:
                     break
             if self.next_expire is not None and time.monotonic() >= self.next_expire:
-                self.router.expire()
-                self.next_expire += self.options.expire
+                self.guarded(self.router.expire)
+                self.next_expire = time.monotonic() + self.options.expire
+
+    @staticmethod
+    def guarded(callback, *args):
+        """A bug in one handler is logged; the routes stay and the daemon serves on."""
+        try:
+            callback(*args)
+        except Exception:
+            log.error("internal error, please report:\n" + traceback.format_exc())
 
     def close(self):
         if self.server is not None:
@@ -1662,16 +1676,6 @@ class Daemon:
                 pass
         self.selector.close()
 
-
-def read_config_for_daemon(path):
-    """The config at `path`; a missing file is an empty config."""
-    if not os.path.exists(path):
-        log.warning("%s: no such file, starting with no rules" % path)
-        return Config()
-    config = read_config(path)
-    for warning in config.warnings:
-        log.warning(warning)
-    return config
 
 # ---------------------------------------------------------------------------
 # CLI

@@ -104,6 +104,15 @@ def test_reload_with_a_broken_config_changes_nothing(bed, start):
     assert reached(bed.traffic(["225.1.2.3"]), "225.1.2.3") == {"rx1"}
 
 
+def test_reload_without_a_config_file_changes_nothing(start):
+    daemon = start(SG % "b1")
+    os.unlink(daemon.config)
+    reply = daemon.ctl("reload")
+    assert reply[-1].startswith("error: reload refused, nothing changed: ")
+    assert "No such file or directory" in reply[-1]
+    assert [r["oifs"] for r in daemon.show()] == [["b1"]]
+
+
 def test_a_missing_interface_is_used_once_it_exists_at_reload(bed, start):
     daemon = start(SG % "b1 c1" + "mroute from c1 group 225.6.6.6 to b1\n")
     assert "no usable interface c1 yet" in daemon.log()
