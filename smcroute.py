@@ -108,6 +108,8 @@ MIFI = struct.Struct("@H")
 # Upcalls are at most a header long; the buffer is reused for every read.
 UPCALL_BUFSIZE = 256
 
+MC_FORWARDING_V6 = "/proc/sys/net/ipv6/conf/all/mc_forwarding"
+
 # ---------------------------------------------------------------------------
 # Logging: stderr in the foreground, syslog when detached
 # ---------------------------------------------------------------------------
@@ -712,6 +714,12 @@ class MrouteV6(Mroute):
         super().__init__()
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic need not reach us.
         self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+        self.switched_on = switch_on(MC_FORWARDING_V6)
+
+    def close(self):
+        super().close()
+        if self.switched_on:
+            write_sysctl(MC_FORWARDING_V6, "0")
 
     @staticmethod
     def pack_vif(vif, ifindex, ttl):
@@ -740,6 +748,29 @@ class MrouteV6(Mroute):
         if mbz or msgtype not in (UPCALL_NOCACHE, UPCALL_WRONGVIF):
             return None
         return msgtype, mif, src, grp
+
+
+def switch_on(path):
+    """Write 1 to a sysctl that reads 0; True when it did, to undo at exit.
+    Linux sets mc_forwarding itself on MRT6_INIT (and makes it read-only);
+    older kernels left it to the routing daemon."""
+    try:
+        with open(path) as knob:
+            if knob.read().strip() != "0":
+                return False
+    except OSError:
+        return False
+    return write_sysctl(path, "1")
+
+
+def write_sysctl(path, value):
+    try:
+        with open(path, "w") as knob:
+            knob.write(value)
+    except OSError as exc:
+        log.warning("cannot write %s: %s" % (path, exc.strerror))
+        return False
+    return True
 
 
 def open_kernels():

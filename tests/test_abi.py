@@ -89,3 +89,16 @@ def test_mrt6msg_wrongmif_is_parsed():
     assert Upcalls(s.MrouteV6, upcall).parse() == (s.UPCALL_WRONGVIF, 3, ADDR6, GROUP6)
     icmp6 = bytes([135]) + upcall[1:]                                # a neighbour solicitation
     assert Upcalls(s.MrouteV6, icmp6).parse() is None
+
+
+def test_mc_forwarding_is_switched_on_only_when_off(tmp_path):
+    knob = tmp_path / "mc_forwarding"
+    knob.write_text("0\n")
+    assert s.switch_on(str(knob)) is True and knob.read_text() == "1"
+    assert s.switch_on(str(knob)) is False                  # already on: not ours to undo
+    assert s.switch_on(str(tmp_path / "missing")) is False
+
+
+def test_ipv6_forwarding_is_on_while_the_daemon_runs(bed, start):
+    start()
+    assert bed.read("rtr", s.MC_FORWARDING_V6).strip() == "1"
