@@ -1,11 +1,12 @@
 #!/bin/sh
 # build.sh -- check and test smcroute.py.
 #
-#   ./build.sh test [PYTEST ARGS]   lint, check Python 3.8 compatibility, run all tests
+#   ./build.sh pyz [OUTPUT]         build the zipapp, smcroute.pyz by default
+#   ./build.sh test [PYTEST ARGS]   build it, lint, check Python 3.8 compatibility, run all tests
 #
-# The test tools go into a virtualenv (.venv, or $VENV); Debian packages the
-# tests need are installed when missing.  The end-to-end tests build network
-# namespaces, so run this as root.
+# The build and test tools go into a virtualenv (.venv, or $VENV); Debian
+# packages the tests need are installed when missing.  The end-to-end tests
+# build network namespaces, so run this as root.
 set -eu
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
@@ -38,6 +39,53 @@ make_venv() {
     cp requirements-dev.txt "$stamp"
 }
 
+# shiv builds the archive: fixed timestamps, shebang, site-packages layout.
+# Its __main__ would first extract site-packages under ~/.shiv (or
+# SHIV_ROOT): that needs a writable home, costs start-up time and memory,
+# and a root daemon would run code from a directory others may have
+# written.  smcroute.py needs no extraction, so the archive gets a __main__
+# that imports it in place, and drops shiv's then unused bootstrap.
+build_pyz() {
+    output=$1
+    src=$(mktemp -d)
+    trap 'rm -rf "$src"' EXIT
+    mkdir "$src/site-packages"
+    install -m 0644 smcroute.py "$src/site-packages/smcroute.py"
+    SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 315532800)}
+    export SOURCE_DATE_EPOCH
+    "$VENV/bin/shiv" --site-packages "$src/site-packages" --entry-point smcroute:main \
+        --python "/usr/bin/env python3" --reproducible --compressed --output-file "$src/shiv.pyz"
+    "$VENV/bin/python" - "$src/shiv.pyz" "$output" <<'PY'
+import sys
+import zipfile
+
+MAIN = b"""\
+# Run smcroute.py from inside this archive, with no extraction.
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "site-packages"))
+import smcroute  # noqa: E402
+
+sys.exit(smcroute.main())
+"""
+source, target = sys.argv[1:]
+with open(source, "rb") as built:
+    shebang = built.readline()
+with zipfile.ZipFile(source) as shiv, open(target, "wb") as out:
+    out.write(shebang)
+    with zipfile.ZipFile(out, "w") as pyz:
+        for info in shiv.infolist():
+            if info.filename.startswith("site-packages/"):
+                pyz.writestr(info, shiv.read(info))
+            elif info.filename == "__main__.py":
+                pyz.writestr(info, MAIN)
+PY
+    chmod 0755 "$output"
+    rm -rf "$src"
+    trap - EXIT
+}
+
 run_tests() {
     "$VENV/bin/ruff" check smcroute.py tests
     "$VENV/bin/vermin" -q -t=3.8- --violations --no-tips smcroute.py
@@ -45,14 +93,19 @@ run_tests() {
 }
 
 case "${1:-}" in
+    pyz)
+        make_venv
+        build_pyz "${2:-smcroute.pyz}"
+        ;;
     test)
         shift
         install_packages
         make_venv
+        build_pyz smcroute.pyz
         run_tests "$@"
         ;;
     *)
-        echo "usage: $0 test [PYTEST ARGS]" >&2
+        echo "usage: $0 pyz | test [PYTEST ARGS]" >&2
         exit 64
         ;;
 esac
