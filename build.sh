@@ -11,11 +11,15 @@ set -eu
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
 
+# The commands the build and tests run, and the Debian packages that have them.
+PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
+dockerd:docker.io debootstrap:debootstrap busybox:busybox shellcheck:shellcheck"
+
 install_packages() {
     missing=""
-    command -v python3 >/dev/null || missing="$missing python3"
-    command -v ip >/dev/null || missing="$missing iproute2"
-    command -v setpriv >/dev/null || missing="$missing util-linux"
+    for entry in $PACKAGES; do
+        command -v "${entry%%:*}" >/dev/null || missing="$missing ${entry#*:}"
+    done
     if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
         missing="$missing python3-venv"
     fi

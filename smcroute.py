@@ -18,7 +18,6 @@ import errno
 import fcntl
 import getopt
 import glob
-import json
 import os
 import selectors
 import signal
@@ -1407,6 +1406,10 @@ class Control:
         self.router.ifaces.refresh()
         rows = getattr(self.router, rows_of)()
         if as_json:
+            try:
+                import json     # Debian's python3-minimal lacks it; the rest runs there
+            except ImportError:
+                raise CommandError("JSON output needs Python's json module") from None
             return [json.dumps({table: rows}, sort_keys=True)]
         return format_table(columns, rows, formats)
 

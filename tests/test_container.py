@@ -1,0 +1,208 @@
+"""The container image, built from the Dockerfile on a base image made from
+Debian packages, and run for real in a network namespace of its own.
+
+The engine is Docker (Debian's docker.io, started with --iptables=false
+--ip-forward=false --bridge=none so the host's network is left alone); if
+no Docker engine can run here, this says so and uses podman.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+from conftest import require_root
+from netbed import DAEMON, run
+
+ROOT = os.path.dirname(DAEMON)
+BASE_IMAGE = "smcroute-ci-base:bookworm"
+BASE_CACHE = "/var/cache/smcroute-ci/bookworm-python3-minimal.tar"
+IMAGE = "smcroute:test"
+SOCKET = "smcroute.sock"
+
+
+def debian_mirror():
+    """The Debian mirror this machine's apt uses (DEBIAN_MIRROR overrides)."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    sources = []
+    for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
+        if os.path.exists(path):
+            with open(path) as listing:
+                sources += listing.read().split()
+    return next(word for word in sources if word.startswith("http") and word.endswith("/debian"))
+
+
+def docker_runs():
+    return shutil.which("docker") and run("docker", "info", check=False).returncode == 0
+
+
+def start_dockerd():
+    """Start Debian's dockerd leaving the host network alone; the reason
+    when it cannot run."""
+    if not shutil.which("dockerd"):
+        return None, "dockerd is not installed"
+    log = open(os.path.join(tempfile.gettempdir(), "smcroute-dockerd.log"), "w")
+    proc = subprocess.Popen(["dockerd", "--iptables=false", "--ip-forward=false", "--bridge=none"],
+                            stdout=log, stderr=log)
+    for _ in range(100):
+        if run("docker", "info", check=False).returncode == 0:
+            return proc, None
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    return None, "dockerd did not start (see %s)" % log.name
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """'docker', started if need be, or 'podman' where Docker cannot run."""
+    require_root()
+    if docker_runs():
+        yield "docker"
+        return
+    dockerd, why_not = start_dockerd()
+    if dockerd is not None:
+        yield "docker"
+        dockerd.terminate()
+        dockerd.wait(30)
+        return
+    print("no Docker engine can run here: %s; using podman instead" % why_not)
+    if not shutil.which("podman"):
+        pytest.fail("no Docker engine (%s) and no podman to fall back to" % why_not)
+    yield "podman"
+
+
+def base_image(engine):
+    """A Debian image with python3-minimal, imported from a debootstrap
+    tree that is cached between runs."""
+    if run(engine, "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return
+    if not os.path.exists(BASE_CACHE):
+        os.makedirs(os.path.dirname(BASE_CACHE), exist_ok=True)
+        tree = tempfile.mkdtemp()
+        try:
+            run("debootstrap", "--variant=minbase", "--include=python3-minimal",
+                "bookworm", tree, debian_mirror())
+            run("tar", "-C", tree, "-cf", BASE_CACHE + ".part", ".")
+            os.rename(BASE_CACHE + ".part", BASE_CACHE)
+        finally:
+            shutil.rmtree(tree)
+    run(engine, "import", BASE_CACHE, BASE_IMAGE)
+
+
+@pytest.fixture(scope="module")
+def image(engine):
+    base_image(engine)
+    run(engine, "build", "-q", "--build-arg", "BASE=" + BASE_IMAGE, "-t", IMAGE, ROOT)
+    return IMAGE
+
+
+class Container:
+    """The image running with no network but its own namespace, its socket
+    directory and config shared with the host."""
+
+    def __init__(self, engine, image, config):
+        self.engine = engine
+        self.dir = tempfile.mkdtemp()
+        self.config = os.path.join(self.dir, "smcroute.conf")
+        self.rundir = os.path.join(self.dir, "run")
+        os.mkdir(self.rundir)
+        self.write_config(config)
+        self.name = "smcroute-test-" + uuid.uuid4().hex[:10]
+        run(engine, "run", "-d", "--name", self.name, "--network", "none",
+            "--cap-drop=ALL", "--cap-add=NET_ADMIN", "--cap-add=NET_RAW",
+            "--health-interval=1s", "-v", self.rundir + ":/run/smcroute",
+            "-v", self.config + ":/etc/smcroute.conf:ro", image)
+        self.pid = self.inspect("{{.State.Pid}}")
+
+    def write_config(self, text):
+        with open(self.config, "w") as conf:    # in place: the bind mount follows the inode
+            conf.write(text)
+
+    def inspect(self, template):
+        return run(self.engine, "inspect", "-f", template, self.name).stdout.strip()
+
+    def netns(self, *args):
+        return run("nsenter", "-t", self.pid, "-n", *args).stdout
+
+    def add_interfaces(self, *names):
+        """veth pairs inside the container's namespace."""
+        for a, b in zip(names[::2], names[1::2]):
+            run("ip", "link", "add", "name", a, "netns", self.pid, "type", "veth",
+                "peer", "name", b, "netns", self.pid)
+            self.netns("ip", "link", "set", a, "up")
+            self.netns("ip", "link", "set", b, "up")
+
+    def ctl(self, *words):
+        """Our client on the host, through the shared socket."""
+        return run("python3", DAEMON, "-u", os.path.join(self.rundir, SOCKET), *words)
+
+    def wait_for(self, predicate, timeout=20):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            assert time.monotonic() < deadline, run(self.engine, "logs", self.name).stderr
+            time.sleep(0.1)
+
+    def remove(self):
+        run(self.engine, "rm", "-f", self.name, check=False)
+        shutil.rmtree(self.dir)
+
+
+@pytest.fixture
+def container(engine, image):
+    containers = []
+
+    def start(config=""):
+        containers.append(Container(engine, image, config))
+        return containers[-1]
+
+    yield start
+    for c in containers:
+        c.remove()
+
+
+def test_image_runs_the_daemon_as_pid_1_stopped_by_sigterm(engine, image):
+    config = run(engine, "image", "inspect", "-f",
+                 "{{.Config.StopSignal}} {{json .Config.Healthcheck.Test}} {{json .Config.Entrypoint}}",
+                 image).stdout
+    assert config.startswith('SIGTERM ["CMD","python3","-I","/usr/sbin/smcroute","-u",'
+                             '"/run/smcroute/smcroute.sock","show","interfaces"] ')
+    assert '"-n","-u","/run/smcroute/smcroute.sock"]' in config
+
+
+def test_becomes_healthy_and_takes_routes_through_the_shared_socket(container):
+    c = container()
+    c.wait_for(lambda: c.inspect("{{.State.Health.Status}}") == "healthy")
+    assert oct(os.stat(os.path.join(c.rundir, SOCKET)).st_mode & 0o777) == "0o600"
+    c.add_interfaces("a1", "b1")
+    c.ctl("add", "a1", "10.0.0.1", "225.1.2.3", "b1")
+    assert "(10.0.0.1,225.1.2.3)" in c.netns("ip", "mroute")
+    assert "(10.0.0.1,225.1.2.3)" not in run("ip", "mroute").stdout   # not the host's table
+
+
+def test_sighup_reloads_the_config_volume(engine, container):
+    c = container("mroute from a1 source 10.0.0.1 group 225.1.1.1 to b1\n")
+    c.wait_for(lambda: os.path.exists(os.path.join(c.rundir, SOCKET)))
+    c.add_interfaces("a1", "b1")
+    c.write_config("mroute from a1 source 10.0.0.1 group 225.2.2.2 to b1\n")
+    run(engine, "kill", "-s", "HUP", c.name)
+    c.wait_for(lambda: "225.2.2.2" in c.netns("ip", "mroute"))
+    assert "225.1.1.1" not in c.netns("ip", "mroute")
+
+
+def test_stop_exits_0_within_2_seconds_and_logs_went_to_stderr(engine, container):
+    c = container()
+    c.wait_for(lambda: os.path.exists(os.path.join(c.rundir, SOCKET)))
+    started = time.monotonic()
+    run(engine, "stop", c.name)
+    assert time.monotonic() - started < 2
+    assert c.inspect("{{.State.ExitCode}}") == "0"
+    logs = run(engine, "logs", c.name)
+    assert "smcroute: notice: smcroute.py 0.1.0 ready" in logs.stderr
+    assert "exiting on SIGTERM" in logs.stderr
+    assert not os.path.exists(os.path.join(c.rundir, SOCKET))
