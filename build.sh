@@ -13,7 +13,7 @@ VENV=${VENV:-.venv}
 
 # The commands the build and tests run, and the Debian packages that have them.
 PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
-dockerd:docker.io debootstrap:debootstrap busybox:busybox shellcheck:shellcheck"
+make:make dockerd:docker.io debootstrap:debootstrap busybox:busybox"
 
 install_packages() {
     missing=""
@@ -92,6 +92,7 @@ PY
 
 run_tests() {
     "$VENV/bin/ruff" check smcroute.py tests
+    "$VENV/bin/shellcheck" build.sh .ci/run
     "$VENV/bin/vermin" -q -t=3.8- --violations --no-tips smcroute.py
     "$VENV/bin/python" -m pytest "$@"
 }

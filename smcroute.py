@@ -1407,7 +1407,7 @@ class Control:
         rows = getattr(self.router, rows_of)()
         if as_json:
             try:
-                import json     # Debian's python3-minimal lacks it; the rest runs there
+                import json  # Debian's python3-minimal lacks it; the rest runs there
             except ImportError:
                 raise CommandError("JSON output needs Python's json module") from None
             return [json.dumps({table: rows}, sort_keys=True)]
