@@ -868,6 +868,10 @@ class Joins:
 # ---------------------------------------------------------------------------
 
 
+class NotFound(LookupError):
+    """A rule or membership to remove that is not there."""
+
+
 class Learned:
     """An (S,G) the kernel asked about: where it came in, and its last count."""
 
@@ -995,7 +999,8 @@ class Router:
 
     def sync_vifs(self):
         """Register the VIFs that templates and phyints need before any
-        traffic, and release the ones nothing needs any more."""
+        traffic, and release the ones nothing needs any more; returns
+        [(rule, problem)]."""
         problems = []
         for size, kernel in self.kernels.items():
             keep = set()
@@ -1007,9 +1012,9 @@ class Router:
                     try:
                         kernel.vif(iface, self.ttl(iface.name))
                     except (KernelError, OSError) as exc:
-                        problems.append("%s: %s" % (rule.origin, describe(exc)))
+                        problems.append((rule, "%s: %s" % (rule.origin, describe(exc))))
             kernel.release_vifs(keep)
-        for problem in problems:
+        for _, problem in problems:
             log.error(problem)
         return problems
 
@@ -1058,7 +1063,8 @@ class Router:
         existed = self.routes.get(route.key)
         before = list(existed.oifs) if existed else None
         stored = self._insert(route)
-        problems = self.sync(self.keys_for(stored)) + self.sync_vifs()
+        problems = self.sync(self.keys_for(stored))
+        problems += [problem for rule, problem in self.sync_vifs() if rule is stored]
         if problems:
             self._drop(stored, before)
             raise KernelError("; ".join(problems))
@@ -1078,10 +1084,10 @@ class Router:
         or none are left."""
         route = self.routes.get(key)
         if route is None:
-            raise LookupError("no such route: %s from %s" % (pairs_text(key[1], key[2]), key[0]))
+            raise NotFound("no such route: %s from %s" % (pairs_text(key[1], key[2]), key[0]))
         missing = [o for o in oifs if o not in route.oifs]
         if missing:
-            raise LookupError("%s does not go out %s" % (route, " ".join(missing)))
+            raise NotFound("%s does not go out %s" % (route, " ".join(missing)))
         remaining = [o for o in route.oifs if o not in oifs] if oifs else []
         self.ifaces.refresh()
         if remaining:
@@ -1179,7 +1185,7 @@ class Router:
     def join(self, membership):
         self.ifaces.refresh()
         if membership.key in self.memberships:
-            raise LookupError("already joined: %s" % membership)
+            raise ValueError("already joined: %s" % membership)
         self.memberships[membership.key] = membership
         problems = self.sync_joins()
         if problems:
@@ -1190,7 +1196,7 @@ class Router:
 
     def leave(self, key):
         if self.memberships.pop(key, None) is None:
-            raise LookupError("not joined: %s on %s" % (pairs_text(key[1], key[2]), key[0]))
+            raise NotFound("not joined: %s on %s" % (pairs_text(key[1], key[2]), key[0]))
         self.ifaces.refresh()
         self.sync_joins()
 
@@ -1224,7 +1230,8 @@ class Router:
             warnings += self.membership_problems(membership)
         for warning in warnings:
             log.warning(warning)
-        return warnings + self.sync(keys) + self.sync_vifs() + self.sync_joins()
+        vif_problems = [problem for _, problem in self.sync_vifs()]
+        return warnings + self.sync(keys) + vif_problems + self.sync_joins()
 
     # Reports -------------------------------------------------------------
 
@@ -1358,8 +1365,11 @@ class Control:
             return command(words[1:]) + ["ok"]
         except CommandError as exc:
             return ["error: %s" % exc]
-        except (ValueError, LookupError, KernelError, OSError) as exc:
+        except (ValueError, NotFound, KernelError, OSError) as exc:
             return ["error: %s" % describe(exc)]
+        except Exception:
+            log.error("internal error on %r, please report:\n%s" % (line, traceback.format_exc()))
+            return ["error: internal error, see the daemon's log"]
 
     def add(self, args):
         usage = "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]"

@@ -135,22 +135,32 @@ def test_a_missing_interface_is_used_once_it_exists_at_reload(bed, start):
     assert [r["oifs"] for r in daemon.show() if r["kind"] == "static"] == [["b1"]]
 
 
-def test_running_out_of_vifs_fails_only_that_rule(bed, start):
+@pytest.fixture
+def thirty_more_interfaces(bed):
+    """x0..x14 and y0..y14 in the router: 33 with a1, b1 and b2."""
     for n in range(15):
         bed.exec("rtr", "ip", "link", "add", "name", "x%d" % n, "type", "veth",
                  "peer", "name", "y%d" % n)
-    try:
-        daemon = start(SG % "b1 b2 x+" + "mroute from a1 source 10.0.0.1 group 225.1.2.4 to y+\n")
-        assert ("smcroute.conf:2: (10.0.0.1, 225.1.2.4) from a1 to y+: "
-                "no free VIF for y14: all 32 are in use") in daemon.log()
-        assert [r["kind"] for r in daemon.show()] == ["static", "waiting"]
-        reply = daemon.ctl("add a1 10.0.0.1 225.1.2.5 y+")
-        assert reply[-1].startswith("error: ") and "no free VIF" in reply[-1]
-        assert [r["group"] for r in daemon.show()] == ["225.1.2.3", "225.1.2.4"]
-        assert reached(bed.traffic(["225.1.2.3"]), "225.1.2.3") == ALL
-    finally:
-        for n in range(15):
-            bed.exec("rtr", "ip", "link", "del", "x%d" % n, check=False)
+    yield
+    for n in range(15):
+        bed.exec("rtr", "ip", "link", "del", "x%d" % n, check=False)
+
+
+def test_running_out_of_vifs_fails_only_that_rule(bed, start, thirty_more_interfaces):
+    daemon = start(SG % "b1 b2 x+" + "mroute from a1 source 10.0.0.1 group 225.1.2.4 to y+\n")
+    assert ("smcroute.conf:2: (10.0.0.1, 225.1.2.4) from a1 to y+: "
+            "no free VIF for y14: all 32 are in use") in daemon.log()
+    assert [r["kind"] for r in daemon.show()] == ["static", "waiting"]
+    reply = daemon.ctl("add a1 10.0.0.1 225.1.2.5 y+")
+    assert reply[-1].startswith("error: ") and "no free VIF" in reply[-1]
+    assert [r["group"] for r in daemon.show()] == ["225.1.2.3", "225.1.2.4"]
+    assert reached(bed.traffic(["225.1.2.3"]), "225.1.2.3") == ALL
+
+
+def test_a_rule_short_of_vifs_does_not_block_other_changes(start, thirty_more_interfaces):
+    daemon = start("phyint x+\nphyint y+\nphyint a1\nphyint b+\n")
+    assert "no free VIF for b2: all 32 are in use" in daemon.log()
+    assert daemon.ctl("add a1 10.0.0.1 225.1.2.3 b1") == ["ok"]
 
 
 def test_check_config_exit_status(tmp_path):
