@@ -28,9 +28,16 @@ install_packages() {
         echo "build.sh: missing Debian packages:$missing (run as root to install them)" >&2
         exit 1
     fi
+    # No service may start on install: docker.io's daemon with its default
+    # options would add a bridge and firewall rules to the host's network.
+    policy=/usr/sbin/policy-rc.d
+    [ -e "$policy" ] && policy=""
+    [ -n "$policy" ] && printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy"
     apt-get update -qq
     # shellcheck disable=SC2086  # a list of package names
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    [ -n "$policy" ] && rm -f "$policy"
+    return 0
 }
 
 make_venv() {

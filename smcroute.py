@@ -1457,8 +1457,8 @@ class Client:
     def on_event(self, mask):
         if mask & selectors.EVENT_WRITE:
             self.flush()
-        elif mask & selectors.EVENT_READ:
-            self.receive()
+        elif mask & selectors.EVENT_READ and not self.outbuf:
+            self.receive()              # one read at most, so input stays bounded
         self.process()
         if self.sock is not None:
             self.server.watch(self)

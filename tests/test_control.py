@@ -100,6 +100,21 @@ def test_idle_clients_do_not_block_others(start):
         sock.close()
 
 
+def test_connections_beyond_the_limit_are_told_and_closed(start):
+    daemon = start()
+    held = [raw_connection(daemon) for _ in range(64)]
+    for sock in held:
+        sock.sendall(b"version\n")
+        assert sock.recv(100) == b"smcroute.py 0.1.0\nok\n"
+    extra = raw_connection(daemon)
+    assert extra.makefile().read() == "error: too many clients\n"
+    held.pop().close()
+    time.sleep(0.1)
+    assert daemon.ctl("version")[-1] == "ok"
+    for sock in held:
+        sock.close()
+
+
 # Routes at run time ---------------------------------------------------------
 
 def test_add_and_del_a_route_at_run_time(bed, start):
