@@ -1371,30 +1371,31 @@ class Control:
             log.error("internal error on %r, please report:\n%s" % (line, traceback.format_exc()))
             return ["error: internal error, see the daemon's log"]
 
-    def add(self, args):
-        usage = "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]"
+    @staticmethod
+    def _split(args, usage):
+        """IIF [SRC[/LEN]] GRP[/LEN] REST... -> (iif, src or None, grp, rest)"""
         if not args:
             raise CommandError("usage: " + usage)
-        source, group, oifs = split_source_group(args[1:], usage)
-        route = make_route(args[0], source, group, oifs, "ipc")
+        return (args[0],) + split_source_group(args[1:], usage)
+
+    def _route(self, args, usage):
+        iif, source, group, oifs = self._split(args, usage)
+        return make_route(iif, source, group, oifs, "ipc")
+
+    def _membership(self, args, usage):
+        iif, source, group, rest = self._split(args, usage)
+        if rest:
+            raise CommandError("usage: " + usage)
+        return make_membership(iif, source, group, "ipc")
+
+    def add(self, args):
+        route = self._route(args, "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
         return ["warning: " + w for w in self.router.add_route(route)]
 
     def delete(self, args):
-        usage = "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]"
-        if not args:
-            raise CommandError("usage: " + usage)
-        source, group, oifs = split_source_group(args[1:], usage)
-        route = make_route(args[0], source, group, oifs, "ipc")
+        route = self._route(args, "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
         self.router.del_route(route.key, route.oifs)
         return []
-
-    def _membership(self, args, usage):
-        if not args:
-            raise CommandError("usage: " + usage)
-        source, group, rest = split_source_group(args[1:], usage)
-        if rest:
-            raise CommandError("usage: " + usage)
-        return make_membership(args[0], source, group, "ipc")
 
     def join(self, args):
         membership = self._membership(args, "join IIF [SRC[/LEN]] GRP[/LEN]")
@@ -1428,8 +1429,7 @@ class Control:
         return ["%d learned routes dropped" % count]
 
     def reload(self, args):
-        problems = self.daemon.reload()
-        return problems
+        return self.daemon.reload()
 
     def kill(self, args):
         self.daemon.running = False

@@ -52,6 +52,14 @@ def new_port():
     return next(_ports)
 
 
+def wait_for(predicate, timeout=5, why=lambda: "timed out"):
+    """Poll until predicate() is true; fail with why() after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, why()
+        time.sleep(0.02)
+
+
 class NetBed:
     def __init__(self):
         self.prefix = "smc%s" % uuid.uuid4().hex[:10]

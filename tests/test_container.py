@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 from conftest import require_root
-from netbed import DAEMON, run
+from netbed import DAEMON, run, wait_for
 
 ROOT = os.path.dirname(DAEMON)
 BASE_IMAGE = "smcroute-ci-base:bookworm"
@@ -142,11 +142,8 @@ class Container:
         """Our client on the host, through the shared socket."""
         return run("python3", DAEMON, "-u", os.path.join(self.rundir, SOCKET), *words)
 
-    def wait_for(self, predicate, timeout=20):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, run(self.engine, "logs", self.name).stderr
-            time.sleep(0.1)
+    def wait_for(self, predicate):
+        wait_for(predicate, 20, lambda: run(self.engine, "logs", self.name).stderr)
 
     def remove(self):
         run(self.engine, "rm", "-f", self.name, check=False)

@@ -5,22 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from netbed import DAEMON
+from netbed import DAEMON, wait_for
 from test_forwarding import ALL, reached
 from test_groups import igmp_groups
 
 EXAMPLE_CONFIG = os.path.join(os.path.dirname(DAEMON), "smcroute.conf")
 SG = "mroute from a1 source 10.0.0.1 group 225.1.2.3 to %s\n"
-
-
-def wait_for(predicate, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
