@@ -3,17 +3,20 @@
 
 Keeps static (S,G) routes in the kernel's multicast forwarding cache (MFC),
 learns (S,G) entries on demand for (*,G) and range rules, joins groups so
-that snooping switches open up, and is driven by a config file, signals and
-a line-per-command UNIX socket.  Standard library only.
+that snooping switches open up, follows interfaces as they come and go, and
+is driven by a config file, signals and a line-per-command UNIX socket.
+Standard library only.
 
     smcroute.py [-f FILE] [-u SOCK] [-P PIDFILE]      run the daemon
     smcroute.py [-u SOCK] COMMAND [ARG ...]           talk to it
 
 The module is laid out in sections, in the order data flows:
-constants and kernel ABI, config, kernel/MFC, group joins, routing state,
-IPC, daemon loop, CLI.
+constants and kernel ABI, logging and events, config, kernel/MFC, group
+joins, interfaces and their events, routing state, supervision (script hook,
+systemd), IPC, daemon loop, CLI.
 """
 
+import bisect
 import errno
 import fcntl
 import getopt
@@ -27,7 +30,7 @@ import sys
 import syslog
 import time
 import traceback
-from collections import namedtuple
+from collections import deque, namedtuple
 
 VERSION = "0.1.0"
 
@@ -42,12 +45,17 @@ usage: smcroute.py [OPTIONS]                    run the daemon
        smcroute.py -F FILE                          check a config file
 
 options:
-  -f FILE            config file (default /etc/smcroute.conf)
-  -u SOCK            control socket (default /run/smcroute)
+  -f FILE            config file (default /etc/smcroute.conf, or /etc/NAME.conf with -i)
+  -u SOCK            control socket (default /run/smcroute, or /run/NAME.sock with -i)
   -P FILE            PID file, written when ready (default /run/smcroute.pid)
+  -i NAME            identity: config, socket, PID file and syslog name, so that
+                     several daemons can run side by side
+  -t ID              use multicast routing table ID (needs `ip mrule` rules)
   -c SEC             expire idle learned routes after SEC..2*SEC s (default 60, 0: never)
+  -e CMD             run CMD start|reload|install (see README), never through a shell
   -d                 detach into the background, log to syslog
-  -n                 stay in the foreground (the default)
+  -n                 stay in the foreground (the default), log to stderr
+  -s                 log to syslog, also in the foreground
   -D                 debug log, same as --log-level debug
   --log-level LEVEL  error, warning, notice (default), info or debug
   -F FILE            check FILE, print its problems, exit 0 or 78
@@ -59,13 +67,12 @@ options:
 EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_OSERR = 0, 1, 64, 69, 71
 EX_NOKERNEL, EX_NOPERM, EX_CONFIG = 76, 77, 78
 
-DEFAULT_CONFIG = "/etc/smcroute.conf"
+IDENTITY = "smcroute"
 DEFAULT_SOCKET = "/run/smcroute"
-DEFAULT_PIDFILE = "/run/smcroute.pid"
 DEFAULT_EXPIRE = 60
 
 # ---------------------------------------------------------------------------
-# Constants and kernel ABI (linux/mroute.h, linux/mroute6.h, linux/in.h)
+# Constants and kernel ABI (linux/mroute.h, mroute6.h, in.h, rtnetlink.h)
 # ---------------------------------------------------------------------------
 
 MAXVIFS = 32            # MAXMIFS is the same
@@ -75,10 +82,11 @@ MRT_INIT, MRT_DONE = 200, 201
 MRT_ADD_VIF, MRT_DEL_VIF = 202, 203
 MRT_ADD_MFC, MRT_DEL_MFC = 204, 205
 MRT_PIM = 208           # also turns on asserts: WRONGVIF upcalls
+MRT_TABLE = 209
+RT_TABLE_DEFAULT = 253  # the table MRT_INIT takes without MRT_TABLE
 
 SIOCGETSGCNT = 0x89E1   # SIOCGETSGCNT_IN6 is the same number
-SIOCGIFFLAGS = 0x8913
-IFF_LOOPBACK, IFF_MULTICAST = 0x8, 0x1000
+IFF_UP, IFF_LOOPBACK, IFF_MULTICAST = 0x1, 0x8, 0x1000
 VIFF_USE_IFINDEX = 0x8
 ICMP6_FILTER = 1
 
@@ -101,16 +109,31 @@ SOCKADDR_IN = struct.Struct("@HH4s8x")
 SOCKADDR_IN6 = struct.Struct("@HHI16sI")
 GROUP_REQ = struct.Struct("@I0P128s")
 GROUP_SOURCE_REQ = struct.Struct("@I0P128s128s")
-IFREQ_FLAGS = struct.Struct("@16sH22x")
 MIFI = struct.Struct("@H")
+TABLE_ID = struct.Struct("@I")
+
+# rtnetlink: interfaces and their addresses.
+NLMSGHDR = struct.Struct("@IHHII")        # len type flags seq pid
+IFINFOMSG = struct.Struct("@BxHiII")      # family type index flags change
+IFADDRMSG = struct.Struct("@BBBBI")       # family prefixlen flags scope index
+RTATTR = struct.Struct("@HH")             # len type
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
+RTM_NEWADDR, RTM_DELADDR = 20, 21
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+IFLA_IFNAME = 3
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR = 0x1, 0x10, 0x100
+NETLINK_RCVBUF = 1 << 20  # room for a burst of events (a VLAN trunk coming up)
 
 # Upcalls are at most a header long; the buffer is reused for every read.
 UPCALL_BUFSIZE = 256
+NETLINK_BUFSIZE = 65536
 
 MC_FORWARDING_V6 = "/proc/sys/net/ipv6/conf/all/mc_forwarding"
 
 # ---------------------------------------------------------------------------
-# Logging: stderr in the foreground, syslog when detached
+# Logging and events: stderr in the foreground, syslog when detached; events
+# also go to `monitor` connections and the script hook
 # ---------------------------------------------------------------------------
 
 LOG_LEVELS = {"error": syslog.LOG_ERR, "warning": syslog.LOG_WARNING,
@@ -125,9 +148,10 @@ class Log:
     def __init__(self):
         self.level = syslog.LOG_NOTICE
         self.to_syslog = False
+        self.ident = IDENTITY
 
     def use_syslog(self):
-        syslog.openlog("smcroute", syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.openlog(self.ident, syslog.LOG_PID, syslog.LOG_DAEMON)
         self.to_syslog = True
 
     def write(self, prio, msg):
@@ -136,7 +160,7 @@ class Log:
         if self.to_syslog:
             syslog.syslog(prio, msg)
         else:
-            sys.stderr.write("smcroute: %s: %s\n" % (LOG_NAMES[prio], msg))
+            sys.stderr.write("%s: %s: %s\n" % (self.ident, LOG_NAMES[prio], msg))
             sys.stderr.flush()
 
     def error(self, msg):
@@ -156,6 +180,23 @@ class Log:
 
 
 log = Log()
+
+
+class Events:
+    """What happens to routes, interfaces and VIFs: each event is logged and
+    handed to the listeners (monitor connections, the script hook) as
+    (kind, text, details)."""
+
+    def __init__(self):
+        self.listeners = []
+
+    def emit(self, prio, kind, text, **details):
+        log.write(prio, text)
+        for listener in list(self.listeners):
+            listener(kind, text, details)
+
+
+events = Events()
 
 # ---------------------------------------------------------------------------
 # Config: addresses, rules, and the smcroute.conf parser
@@ -269,11 +310,12 @@ def parse_source(text, group):
 
 
 def check_ifname(name):
-    """Interface names as Linux allows them, plus a trailing '+' wildcard."""
+    """Interface names as Linux allows them, plus a trailing '+' wildcard;
+    interned, since thousands of rules name the same few."""
     if (len(name) >= IFNAMSIZ or "/" in name or name in (".", "..")
             or "+" in name[:-1] or not name.isprintable()):
         raise ValueError("%r is not a valid interface name" % name)
-    return name
+    return sys.intern(name)
 
 
 def is_pattern(name):
@@ -288,30 +330,56 @@ def pairs_text(source, group):
     return "(%s, %s)" % ("*" if source is None else source, group)
 
 
+def split_key(key):
+    """An (S,G) key, the source and group addresses end to end -> (src, grp)."""
+    half = len(key) >> 1
+    return key[:half], key[half:]
+
+
+def host_net(addr):
+    return Net(addr, len(addr) * 8)
+
+
+def key_text(key):
+    src, grp = split_key(key)
+    return pairs_text(ntop(src), ntop(grp))
+
+
+class Origins:
+    """Where rules come from, each as one number: the position of its line
+    in the config as read, included files inline.  The numbers order rules
+    as the config lists them, cost one int a rule, and text() turns them
+    back into file:line."""
+
+    def __init__(self):
+        self.starts = []        # the first number of each run of lines from one file
+        self.runs = []          # (path, the line number of that first line)
+        self.next = 0
+
+    def run(self, path, lineno=None):
+        """Lines of `path` from `lineno` on (no line numbers: `ipc`) follow."""
+        self.starts.append(self.next)
+        self.runs.append((path, lineno))
+
+    def take(self):
+        self.next += 1
+        return self.next - 1
+
+    def text(self, origin):
+        run = bisect.bisect_right(self.starts, origin) - 1
+        path, first = self.runs[run]
+        return path if first is None else "%s:%d" % (path, first + origin - self.starts[run])
+
+
 class Route:
-    """An mroute rule: packets to `group` from `source` arriving on `iif` go out `oifs`.
+    """A template: traffic to `group` from `source` (None: any) arriving on
+    `iif` (maybe a pattern) is learned as (S,G) entries out of `oifs`."""
 
-    A rule naming one source and one group on a named interface is exact and
-    goes straight into the kernel; every other rule is a template from which
-    (S,G) entries are learned when the kernel reports traffic.
-    """
-
-    __slots__ = ("iif", "source", "group", "oifs", "origin", "seq")
+    __slots__ = ("iif", "source", "group", "oifs", "origin")
 
     def __init__(self, iif, source, group, oifs, origin):
         self.iif, self.source, self.group = iif, source, group
-        self.oifs = list(dict.fromkeys(oifs))
-        self.origin = origin
-        self.seq = 0
-
-    @property
-    def key(self):
-        return (self.iif, self.source, self.group)
-
-    @property
-    def is_exact(self):
-        return (self.source is not None and self.source.is_host
-                and self.group.is_host and not is_pattern(self.iif))
+        self.oifs, self.origin = oifs, origin
 
     @property
     def specificity(self):
@@ -319,11 +387,135 @@ class Route:
         longest source prefix, then a named inbound interface before a
         wildcard, then config order."""
         source_len = self.source.len if self.source is not None else -1
-        return (-self.group.len, -source_len, is_pattern(self.iif), self.seq)
+        return (-self.group.len, -source_len, is_pattern(self.iif), self.origin)
 
-    def __str__(self):
-        return "%s from %s to %s" % (pairs_text(self.source, self.group), self.iif,
-                                     " ".join(self.oifs) or "nowhere (stop filter)")
+    def covers(self, key):
+        src, grp = split_key(key)
+        return grp in self.group and (self.source is None or src in self.source)
+
+
+# An exact rule: one source, one group, a named inbound interface.  Most of
+# a big config is these, so they are plain tuples in a table keyed by
+# (S,G), with interned names and shared OIF tuples.
+ExactRoute = namedtuple("ExactRoute", "iif oifs origin")
+
+
+def route_text(iif, source, group, oifs):
+    return "%s from %s to %s" % (pairs_text(source, group), iif,
+                                 " ".join(oifs) or "nowhere (stop filter)")
+
+
+class Rules:
+    """The mroute rules: exact ones in `exact`, {src+grp: ExactRoute} in
+    config order, and templates, per address size in order of specificity.
+
+    The kernel keys its entries by (S,G) alone, so a second exact rule for
+    an (S,G) from another inbound interface waits in `alternates`; it takes
+    over when the first one's interface is missing."""
+
+    def __init__(self):
+        self.exact = {}
+        self.alternates = {}
+        self.templates = {4: [], 16: []}
+        self.shared = {}
+
+    def share(self, value):
+        """One object for equal OIF tuples, however many rules have them."""
+        return self.shared.setdefault(value, value)
+
+    def find(self, iif, source, group):
+        if self.is_exact(iif, source, group):
+            key = source.addr + group.addr
+            for rule in self.candidates(key):
+                if rule.iif == iif:
+                    return rule
+            return None
+        for route in self.templates[len(group.addr)]:
+            if (route.iif, route.source, route.group) == (iif, source, group):
+                return route
+        return None
+
+    @staticmethod
+    def is_exact(iif, source, group):
+        return source is not None and source.is_host and group.is_host and not is_pattern(iif)
+
+    def candidates(self, key):
+        """The exact rules for `key`, the one the kernel gets first."""
+        rule = self.exact.get(key)
+        if rule is None:
+            return ()
+        return (rule,) + tuple(self.alternates.get(key, ()))
+
+    def add(self, iif, source, group, oifs, origin):
+        """Store a rule, merging its OIFs into one for the same inbound
+        interface and (S,G); returns (stored rule, the rule it replaced)."""
+        before = self.find(iif, source, group)
+        if before is not None:
+            oifs = before.oifs + tuple(o for o in oifs if o not in before.oifs)
+            origin = before.origin
+        return self.put(iif, source, group, self.share(oifs), origin), before
+
+    def put(self, iif, source, group, oifs, origin):
+        self.remove(iif, source, group)
+        if self.is_exact(iif, source, group):
+            rule = ExactRoute(iif, oifs, origin)
+            key = source.addr + group.addr
+            if key in self.exact:
+                self.alternates.setdefault(key, []).append(rule)
+            else:
+                self.exact[key] = rule
+            return rule
+        route = Route(iif, source, group, oifs, origin)
+        templates = self.templates[len(group.addr)]
+        templates.append(route)
+        templates.sort(key=lambda r: r.specificity)
+        return route
+
+    def remove(self, iif, source, group):
+        """Take a rule out; returns it, or None if there was none."""
+        rule = self.find(iif, source, group)
+        if rule is None:
+            return None
+        if isinstance(rule, ExactRoute):
+            key = source.addr + group.addr
+            others = self.alternates.pop(key, [])
+            if self.exact[key] is rule:
+                if others:
+                    self.exact[key] = others.pop(0)
+                else:
+                    del self.exact[key]
+            else:
+                others.remove(rule)
+            if others:
+                self.alternates[key] = others
+        else:
+            self.templates[len(group.addr)].remove(rule)
+        return rule
+
+    def restore(self, iif, source, group, rule):
+        """Put back what add() replaced (None: nothing)."""
+        if rule is None:
+            self.remove(iif, source, group)
+        else:
+            self.put(iif, source, group, rule.oifs, rule.origin)
+
+    def all_exact(self):
+        """(key, rule) for every exact rule, alternates included."""
+        for key, rule in self.exact.items():
+            yield key, rule
+            for other in self.alternates.get(key, ()):
+                yield key, other
+
+    def all_templates(self):
+        """Templates in config order."""
+        return sorted(self.templates[4] + self.templates[16], key=lambda r: r.origin)
+
+    def listing(self):
+        """Every rule as (iif, source, group, oifs, origin), in config order."""
+        rules = [(rule.iif, host_net(src), host_net(grp), rule.oifs, rule.origin)
+                 for src, grp, rule in ((*split_key(key), rule) for key, rule in self.all_exact())]
+        rules += [(r.iif, r.source, r.group, r.oifs, r.origin) for r in self.all_templates()]
+        return sorted(rules, key=lambda rule: rule[4])
 
 
 class Membership:
@@ -349,17 +541,19 @@ class Membership:
 Phyint = namedtuple("Phyint", "name enabled ttl mrdisc origin")
 
 
-def make_route(iif, source, group, oifs, origin):
-    """Validate the words of an mroute line or an `add` command."""
+def route_words(iif, source, group, oifs):
+    """Validate the words of an mroute line or an `add` command:
+    (iif, source Net or None, group Net, oifs tuple)."""
     grp = parse_group(group)
     src = parse_source(source, grp) if source is not None else None
-    return Route(check_ifname(iif), src, grp, [check_ifname(o) for o in oifs], origin)
+    return (check_ifname(iif), src, grp,
+            tuple(dict.fromkeys(check_ifname(o) for o in oifs)))
 
 
-def make_membership(iif, source, group, origin):
+def membership_words(iif, source, group):
     grp = parse_group(group)
     src = parse_source(source, grp) if source is not None else None
-    return Membership(check_ifname(iif), src, grp, origin)
+    return check_ifname(iif), src, grp
 
 
 class ConfigError(ValueError):
@@ -371,8 +565,9 @@ class Config:
 
     def __init__(self):
         self.phyints = {}
-        self.routes = []
-        self.memberships = []
+        self.rules = Rules()
+        self.memberships = {}
+        self.origins = Origins()
         self.errors = []
         self.warnings = []
 
@@ -423,20 +618,23 @@ def parse_phyint(config, words, origin):
             raise ConfigError("phyint: unknown option %r, expected enable, disable, "
                               "ttl-threshold N or mrdisc" % word)
     if mrdisc:
-        config.warnings.append("%s: mrdisc is not supported by smcroute.py, ignored" % origin)
+        config.warnings.append("%s: mrdisc is not supported by smcroute.py, ignored"
+                               % config.origins.text(origin))
     config.phyints[name] = Phyint(name, enabled, ttl, mrdisc, origin)
 
 
 def parse_mroute(config, words, origin):
     args = keyword_args(words, ("from", "source", "group", "to"))
-    config.routes.append(make_route(args["from"], args.get("source"), args["group"],
-                                    args.get("to", ()), origin))
+    iif, source, group, oifs = route_words(args["from"], args.get("source"), args["group"],
+                                           args.get("to", ()))
+    config.rules.add(iif, source, group, oifs, origin)
 
 
 def parse_mgroup(config, words, origin):
     args = keyword_args(words, ("from", "source", "group"))
-    config.memberships.append(make_membership(args["from"], args.get("source"),
-                                              args["group"], origin))
+    membership = Membership(*membership_words(args["from"], args.get("source"), args["group"]),
+                            origin)
+    config.memberships.setdefault(membership.key, membership)
 
 
 DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
@@ -460,22 +658,27 @@ def read_config_file(config, path, including):
         raise ConfigError("include cycle: %s" % " -> ".join(including + [real]))
     if len(including) >= MAX_INCLUDE_DEPTH:
         raise ConfigError("includes nested deeper than %d" % MAX_INCLUDE_DEPTH)
+    origins = config.origins
     with open(path, encoding="utf-8", errors="replace") as lines:
+        origins.run(path, 1)
         for lineno, line in enumerate(lines, 1):
+            origin = origins.take()
             words = line.split("#", 1)[0].split()
             if not words:
                 continue
-            origin = "%s:%d" % (path, lineno)
             try:
                 if words[0] == "include":
-                    include(config, path, words[1:], including + [real])
+                    try:
+                        include(config, path, words[1:], including + [real])
+                    finally:
+                        origins.run(path, lineno + 1)
                 elif words[0] in DIRECTIVES:
                     DIRECTIVES[words[0]](config, words[1:], origin)
                 else:
                     raise ConfigError("unknown directive %r, expected one of: %s"
                                       % (words[0], ", ".join(["include"] + list(DIRECTIVES))))
             except ValueError as exc:
-                config.errors.append("%s: %s" % (origin, exc))
+                config.errors.append("%s:%d: %s" % (path, lineno, exc))
 
 
 def include(config, path, words, including):
@@ -507,67 +710,40 @@ class Fatal(Exception):
         self.code = code
 
 
-class Interface(namedtuple("Interface", "name index flags")):
-    @property
-    def multicast(self):
-        return self.flags & IFF_MULTICAST and not self.flags & IFF_LOOPBACK
-
-
-class Interfaces:
-    """The network namespace's interfaces, as of the last refresh()."""
-
-    def __init__(self):
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.by_name = {}
-        self.by_index = {}
-
-    def refresh(self):
-        found = {}
-        for index, name in socket.if_nameindex():
-            try:
-                reply = fcntl.ioctl(self._sock, SIOCGIFFLAGS,
-                                    IFREQ_FLAGS.pack(name.encode(), 0))
-            except OSError:
-                continue            # gone between the listing and the ioctl
-            found[name] = Interface(name, index, IFREQ_FLAGS.unpack(reply)[1])
-        self.by_name = found
-        self.by_index = {iface.index: iface for iface in found.values()}
-
-    def matching(self, pattern):
-        if not is_pattern(pattern):
-            iface = self.by_name.get(pattern)
-            return [iface] if iface else []
-        return sorted((i for i in self.by_name.values() if name_matches(pattern, i.name)),
-                      key=lambda i: i.index)
-
-    def close(self):
-        self._sock.close()
+def table_text(table):
+    return "the default table" if table is None else "table %d" % table
 
 
 class Mroute:
-    """One IP version's multicast routing socket, its VIF table, and a mirror
-    of every MFC entry this daemon installed: {(src, grp): (parent, oifs)}
-    with oifs a sorted tuple of (vif, ttl)."""
+    """One IP version's multicast routing socket and its VIF table.  MFC
+    entries are (parent, oifs): the inbound VIF and a sorted tuple of
+    (vif, ttl); the Router keeps the mirror of what is installed."""
 
-    family = level = proto = None
+    family = level = proto = size = None
     name = vif_name = ""
 
-    def __init__(self):
+    def __init__(self, table=None):
         self.sock = socket.socket(self.family, socket.SOCK_RAW, self.proto)
         try:
+            if table is not None:
+                self.sock.setsockopt(self.level, MRT_TABLE, TABLE_ID.pack(table))
             self.sock.setsockopt(self.level, MRT_INIT, 1)
         except OSError as exc:
             self.sock.close()
             if exc.errno == errno.EADDRINUSE:
-                raise Fatal(EX_UNAVAILABLE, "another multicast router owns the %s routing "
-                            "table in this network namespace" % self.name) from None
+                raise Fatal(EX_UNAVAILABLE, "another multicast router owns the %s multicast "
+                            "routing table (%s) in this network namespace"
+                            % (self.name, table_text(table))) from None
+            if exc.errno == errno.ENOPROTOOPT and table is not None:
+                raise Fatal(EX_NOKERNEL, "this kernel has no %s multicast routing tables "
+                            "other than the default (CONFIG_IP_MROUTE_MULTIPLE_TABLES)"
+                            % self.name) from None
             raise
         self.sock.setsockopt(self.level, MRT_PIM, 1)
         self.sock.setblocking(False)
         self.vifs = [None] * MAXVIFS          # vif -> ifindex
         self.vif_of = {}                      # ifindex -> vif
         self.refs = [0] * MAXVIFS             # MFC entries using each vif
-        self.mfc = {}
         self.buf = bytearray(UPCALL_BUFSIZE)
 
     def close(self):
@@ -593,11 +769,13 @@ class Mroute:
         self.sock.setsockopt(self.level, MRT_ADD_VIF, self.pack_vif(vif, iface.index, ttl))
         self.vifs[vif] = iface.index
         self.vif_of[iface.index] = vif
-        log.info("%s %d is %s" % (self.vif_name, vif, iface.name))
+        events.emit(syslog.LOG_INFO, "vif", "%s %d is %s" % (self.vif_name, vif, iface.name))
         return vif
 
     def release_vifs(self, keep):
-        """Unregister every VIF that no entry uses and whose ifindex is not in `keep`."""
+        """Unregister every VIF that no entry uses and whose ifindex is not
+        in `keep`; returns how many went."""
+        released = 0
         for vif, index in enumerate(self.vifs):
             if index is not None and not self.refs[vif] and index not in keep:
                 try:
@@ -606,33 +784,36 @@ class Mroute:
                     if exc.errno != errno.EADDRNOTAVAIL:   # the device went away
                         raise
                 self.vifs[vif] = None
-                self.vif_of.pop(index, None)
-                log.info("%s %d released" % (self.vif_name, vif))
+                if self.vif_of.get(index) == vif:
+                    del self.vif_of[index]
+                released += 1
+                events.emit(syslog.LOG_INFO, "vif", "%s %d released" % (self.vif_name, vif))
+        return released
 
     def forget_vifs(self, present):
-        """Treat VIFs of interfaces no longer `present` as unusable: the
-        kernel dropped them with the device."""
+        """VIFs of interfaces no longer `present` are unusable: the kernel
+        dropped them with the device.  Their slots stay taken until no
+        entry refers to them."""
         for index in [i for i in self.vif_of if i not in present]:
             del self.vif_of[index]
 
+    def slots_of(self, indexes):
+        return {vif for vif, index in enumerate(self.vifs) if index in indexes}
+
     # MFC ---------------------------------------------------------------
 
-    def apply(self, key, want):
-        """Make the kernel's entry for `key` = (src, grp) be `want`:
-        (parent, oifs), or None for no entry."""
-        have = self.mfc.get(key)
-        if want == have:
-            return
+    def apply(self, key, have, want):
+        """Change the kernel's entry for `key` from `have` to `want`
+        (None: no entry)."""
+        src, grp = split_key(key)
         if want is None:
             try:
-                self.sock.setsockopt(self.level, MRT_DEL_MFC, self.pack_mfc(key, 0, ()))
+                self.sock.setsockopt(self.level, MRT_DEL_MFC, self.pack_mfc(src, grp, 0, ()))
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
-            del self.mfc[key]
         else:
-            self.sock.setsockopt(self.level, MRT_ADD_MFC, self.pack_mfc(key, *want))
-            self.mfc[key] = want
+            self.sock.setsockopt(self.level, MRT_ADD_MFC, self.pack_mfc(src, grp, *want))
             self._count(want, 1)
         if have is not None:
             self._count(have, -1)
@@ -646,7 +827,7 @@ class Mroute:
     def counters(self, key):
         """(packets, bytes, wrong_if) the kernel counted for an entry."""
         try:
-            reply = fcntl.ioctl(self.sock, SIOCGETSGCNT, self.pack_sg_req(key))
+            reply = fcntl.ioctl(self.sock, SIOCGETSGCNT, self.pack_sg_req(*split_key(key)))
         except OSError:
             return (0, 0, 0)
         return self.SG_REQ.unpack(reply)[2:]
@@ -667,7 +848,7 @@ class Mroute:
 
 class MrouteV4(Mroute):
     family, level, proto = socket.AF_INET, socket.IPPROTO_IP, socket.IPPROTO_IGMP
-    name, vif_name = "IPv4", "VIF"
+    size, name, vif_name = 4, "IPv4", "VIF"
     SG_REQ = SIOC_SG_REQ
 
     @staticmethod
@@ -679,15 +860,15 @@ class MrouteV4(Mroute):
         return VIFCTL.pack(vif, 0, 0, 0, 0, bytes(4))
 
     @staticmethod
-    def pack_mfc(key, parent, oifs):
+    def pack_mfc(src, grp, parent, oifs):
         ttls = bytearray(MAXVIFS)
         for vif, ttl in oifs:
             ttls[vif] = ttl
-        return MFCCTL.pack(key[0], key[1], parent, bytes(ttls), 0, 0, 0, 0)
+        return MFCCTL.pack(src, grp, parent, bytes(ttls), 0, 0, 0, 0)
 
     @staticmethod
-    def pack_sg_req(key):
-        return SIOC_SG_REQ.pack(key[0], key[1], 0, 0, 0)
+    def pack_sg_req(src, grp):
+        return SIOC_SG_REQ.pack(src, grp, 0, 0, 0)
 
     def parse_upcall(self, size):
         # The raw IGMP socket also receives real IGMP, whose IP protocol
@@ -706,11 +887,11 @@ def sockaddr_in6(addr):
 
 class MrouteV6(Mroute):
     family, level, proto = socket.AF_INET6, socket.IPPROTO_IPV6, socket.IPPROTO_ICMPV6
-    name, vif_name = "IPv6", "MIF"
+    size, name, vif_name = 16, "IPv6", "MIF"
     SG_REQ = SIOC_SG_REQ6
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, table=None):
+        super().__init__(table)
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic need not reach us.
         self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
         self.switched_on = switch_on(MC_FORWARDING_V6)
@@ -729,16 +910,16 @@ class MrouteV6(Mroute):
         return MIFI.pack(vif)
 
     @staticmethod
-    def pack_mfc(key, parent, oifs):
+    def pack_mfc(src, grp, parent, oifs):
         mask = 0
         for vif, _ in oifs:
             mask |= 1 << vif
         if_set = struct.pack("@I", mask).ljust(32, b"\0")
-        return MF6CCTL.pack(sockaddr_in6(key[0]), sockaddr_in6(key[1]), parent, if_set)
+        return MF6CCTL.pack(sockaddr_in6(src), sockaddr_in6(grp), parent, if_set)
 
     @staticmethod
-    def pack_sg_req(key):
-        return SIOC_SG_REQ6.pack(sockaddr_in6(key[0]), sockaddr_in6(key[1]), 0, 0, 0)
+    def pack_sg_req(src, grp):
+        return SIOC_SG_REQ6.pack(sockaddr_in6(src), sockaddr_in6(grp), 0, 0, 0)
 
     def parse_upcall(self, size):
         if size < MRT6MSG.size:
@@ -772,16 +953,21 @@ def write_sysctl(path, value):
     return True
 
 
-def open_kernels():
-    """{address length: Mroute} for each IP version the kernel routes."""
+def open_kernels(table=None):
+    """{address size: Mroute} for each IP version the kernel routes."""
     kernels = {}
-    for size, cls in ((4, MrouteV4), (16, MrouteV6)):
-        try:
-            kernels[size] = cls()
-        except OSError as exc:
-            if exc.errno in (errno.EPERM, errno.EACCES):
-                raise
-            log.warning("%s multicast routing is not available: %s" % (cls.name, exc.strerror))
+    try:
+        for cls in (MrouteV4, MrouteV6):
+            try:
+                kernels[cls.size] = cls(table)
+            except OSError as exc:
+                if exc.errno in (errno.EPERM, errno.EACCES):
+                    raise
+                log.warning("%s multicast routing is not available: %s" % (cls.name, exc.strerror))
+    except BaseException:
+        for kernel in kernels.values():
+            kernel.close()
+        raise
     return kernels
 
 # ---------------------------------------------------------------------------
@@ -820,6 +1006,8 @@ class Joins:
                 self._set(sock, MCAST_JOIN_SOURCE_GROUP if src else MCAST_JOIN_GROUP, key)
             except OSError as exc:
                 if exc.errno != errno.ENOBUFS or len(self._members(sock)) == 0:
+                    if not self._members(sock):
+                        self._close(family, sock)
                     raise
                 self.full.add(sock)
                 continue
@@ -835,14 +1023,22 @@ class Joins:
                 raise
         self.full.discard(sock)
         if not self._members(sock):
-            self.sockets[len(key[2])].remove(sock)
-            sock.close()
+            self._close(len(key[2]), sock)
+
+    def forget(self, indexes):
+        """Memberships on interfaces that are gone went with them."""
+        for key in [k for k in self.held if k[0] in indexes]:
+            self.leave(key)
 
     def _open(self, family):
         sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
                              socket.SOCK_DGRAM)
         self.sockets[family].append(sock)
         return sock
+
+    def _close(self, family, sock):
+        self.sockets[family].remove(sock)
+        sock.close()
 
     def _members(self, sock):
         return [key for key, held in self.held.items() if held is sock]
@@ -864,6 +1060,138 @@ class Joins:
         self.held.clear()
 
 # ---------------------------------------------------------------------------
+# Interfaces and their events (rtnetlink)
+# ---------------------------------------------------------------------------
+
+
+class Interface(namedtuple("Interface", "name index flags")):
+    @property
+    def multicast(self):
+        return bool(self.flags & IFF_MULTICAST and not self.flags & IFF_LOOPBACK)
+
+    @property
+    def up(self):
+        return bool(self.flags & IFF_UP)
+
+
+def netlink_messages(buf, size):
+    """Yield (type, offset, length) for each message in buf[:size]."""
+    offset = 0
+    while offset + NLMSGHDR.size <= size:
+        length, kind = NLMSGHDR.unpack_from(buf, offset)[:2]
+        if length < NLMSGHDR.size or offset + length > size:
+            return
+        yield kind, offset, length
+        offset += (length + 3) & ~3
+
+
+def parse_link(buf, offset, length):
+    """An RTM_NEWLINK/DELLINK message -> Interface."""
+    _, _, index, flags, _ = IFINFOMSG.unpack_from(buf, offset + NLMSGHDR.size)
+    name = ""
+    attr = offset + NLMSGHDR.size + IFINFOMSG.size
+    while attr + RTATTR.size <= offset + length:
+        size, kind = RTATTR.unpack_from(buf, attr)
+        if size < RTATTR.size:
+            break
+        if kind == IFLA_IFNAME:
+            name = bytes(buf[attr + RTATTR.size:attr + size]).split(b"\0", 1)[0].decode(
+                "utf-8", "replace")
+        attr += (size + 3) & ~3
+    return Interface(sys.intern(name), index, flags)
+
+
+def netlink_error(buf, offset):
+    code = struct.unpack_from("@i", buf, offset + NLMSGHDR.size)[0]
+    return OSError(-code, os.strerror(-code))
+
+
+class Interfaces:
+    """The namespace's interfaces: read once with an rtnetlink dump, then
+    kept current by the link and address events the socket delivers."""
+
+    def __init__(self):
+        self.by_name = {}
+        self.by_index = {}
+        self.buf = bytearray(NETLINK_BUFSIZE)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NETLINK_RCVBUF)
+        self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
+        self.sock.setblocking(False)
+
+    def close(self):
+        self.sock.close()
+
+    def matching(self, pattern):
+        if not is_pattern(pattern):
+            iface = self.by_name.get(pattern)
+            return [iface] if iface else []
+        return sorted((i for i in self.by_name.values() if name_matches(pattern, i.name)),
+                      key=lambda i: i.index)
+
+    def refresh(self):
+        """Read every interface anew; returns the changes [(before, after)]."""
+        found = {}
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as dump:
+            dump.send(NLMSGHDR.pack(NLMSGHDR.size + IFINFOMSG.size, RTM_GETLINK,
+                                    NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+                      + IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+            done = False
+            while not done:
+                size = dump.recv_into(self.buf)
+                for kind, offset, length in netlink_messages(self.buf, size):
+                    if kind == RTM_NEWLINK:
+                        iface = parse_link(self.buf, offset, length)
+                        found[iface.index] = iface
+                    elif kind == NLMSG_ERROR:
+                        raise netlink_error(self.buf, offset)
+                    elif kind == NLMSG_DONE:
+                        done = True
+        changes = [(self.by_index.get(i), found.get(i))
+                   for i in set(self.by_index) | set(found)
+                   if self.by_index.get(i) != found.get(i)]
+        self.by_index = found
+        self.by_name = {iface.name: iface for iface in found.values()}
+        return changes
+
+    def read_events(self):
+        """Apply the events waiting on the socket: returns (changes, ifindexes
+        whose addresses changed).  An overflow, when the kernel had to drop
+        events, costs one refresh()."""
+        changes, addressed = [], set()
+        while True:
+            try:
+                size = self.sock.recv_into(self.buf)
+            except (BlockingIOError, InterruptedError):
+                return changes, addressed
+            except OSError as exc:
+                if exc.errno != errno.ENOBUFS:
+                    raise
+                log.warning("interface events overflowed, reading every interface anew")
+                return changes + self.refresh(), set(self.by_index)
+            for kind, offset, length in netlink_messages(self.buf, size):
+                if kind in (RTM_NEWLINK, RTM_DELLINK):
+                    iface = parse_link(self.buf, offset, length)
+                    change = self._apply(iface if kind == RTM_NEWLINK else None, iface.index)
+                    if change:
+                        changes.append(change)
+                elif kind in (RTM_NEWADDR, RTM_DELADDR):
+                    addressed.add(IFADDRMSG.unpack_from(self.buf, offset + NLMSGHDR.size)[4])
+
+    def _apply(self, iface, index):
+        before = self.by_index.get(index)
+        if before == iface:
+            return None
+        if before is not None:
+            del self.by_index[index]
+            if self.by_name.get(before.name) is before:
+                del self.by_name[before.name]
+        if iface is not None:
+            self.by_index[index] = iface
+            self.by_name[iface.name] = iface
+        return before, iface
+
+# ---------------------------------------------------------------------------
 # Routing state: desired rules, learned entries, and the one reconcile path
 # ---------------------------------------------------------------------------
 
@@ -882,26 +1210,32 @@ class Learned:
         self.seen = None        # valid packets at the last expiry check
 
 
+def describe(exc):
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
 class Router:
     """What the user wants (phyints, rules, memberships) and what the
     kernel has; every change goes through sync(), which computes the wanted
-    MFC entry of each affected (S,G) and lets Mroute.apply() diff it."""
+    MFC entry of each affected (S,G) and applies the difference to what is
+    installed."""
 
-    def __init__(self, kernels):
+    def __init__(self, kernels, interfaces):
         self.kernels = kernels          # {4: MrouteV4, 16: MrouteV6}
-        self.ifaces = Interfaces()
+        self.ifaces = interfaces
         self.joins = Joins()
         self.phyints = {}
-        self.routes = {}                # Route.key -> Route, config order
-        self.exact = {}                 # (src, grp) -> [Route]
-        self.templates = {4: [], 16: []}
-        self.learned = {}               # (src, grp) -> Learned
+        self.rules = Rules()
         self.memberships = {}           # Membership.key -> Membership
-        self.seq = 0
+        self.origins = Origins()
+        self.learned = {}               # src+grp -> Learned
+        self.mfc = {}                   # src+grp -> entry, as installed, in install order
+        self.entries = {}               # (size, iif index, oif names) -> entry, shared
+        self.starved = set()            # keys whose entry needs a VIF there is none of
+        self.vif_problems = {}          # origin -> why a template or phyint has no VIF
 
     def close(self):
         self.joins.close()
-        self.ifaces.close()
 
     # Interfaces ----------------------------------------------------------
 
@@ -917,94 +1251,124 @@ class Router:
         phyint = self.phyint(name)
         return phyint.ttl if phyint else 1
 
+    def routes_on(self, iface):
+        """May multicast be routed on `iface`?"""
+        phyint = self.phyint(iface.name)
+        return iface.multicast and (phyint is None or phyint.enabled)
+
     def usable(self, pattern):
         """The interfaces named by `pattern` that may route multicast."""
-        result = []
-        for iface in self.ifaces.matching(pattern):
-            phyint = self.phyint(iface.name)
-            if iface.multicast and (phyint is None or phyint.enabled):
-                result.append(iface)
-        return result
+        return [i for i in self.ifaces.matching(pattern) if self.routes_on(i)]
 
-    def route_problems(self, route):
-        """Why `route` is not fully in effect yet, as warnings."""
-        if len(route.group.addr) not in self.kernels:
-            return ["%s: IPv%d multicast routing is not available, %s waits"
-                    % (route.origin, 4 if len(route.group.addr) == 4 else 6, route)]
-        return ["%s: no usable interface %s yet, %s waits" % (route.origin, name, route)
-                for name in [route.iif] + route.oifs if not self.usable(name)]
+    def why_unusable(self, name):
+        """None when `name` names an interface that may route multicast,
+        else what it waits for."""
+        found = self.ifaces.matching(name)
+        if not found:
+            return ("an interface matching %s" if is_pattern(name) else "interface %s") % name
+        if any(self.routes_on(i) for i in found):
+            return None
+        iface = found[0]
+        if not iface.multicast:
+            return "%s to be multicast-capable" % iface.name
+        return "%s, disabled by phyint at %s" % (iface.name,
+                                                 self.origins.text(self.phyint(iface.name).origin))
 
-    def membership_problems(self, membership):
-        if self.ifaces.matching(membership.iif):
-            return []
-        return ["%s: no interface %s yet, %s waits"
-                % (membership.origin, membership.iif, membership)]
+    def missing(self, names):
+        """What the interfaces `names` wait for, [(name, reason)]."""
+        return [(name, why) for name, why in ((n, self.why_unusable(n)) for n in names) if why]
+
+    def require(self, names):
+        """Refuse interface names that match nothing: at run time a typo
+        must not look like success."""
+        for name in names:
+            if not is_pattern(name) and name not in self.ifaces.by_name:
+                raise NotFound("no interface %s" % name)
 
     # Desired entries -------------------------------------------------------
 
-    def match(self, src, grp, iif):
-        """The most specific template for (src, grp) arriving on interface `iif`."""
-        for route in self.templates[len(grp)]:
-            if (grp in route.group and (route.source is None or src in route.source)
-                    and name_matches(route.iif, iif.name)):
+    def match(self, key, iif):
+        """The most specific template for `key` arriving on interface `iif`."""
+        for route in self.rules.templates[len(key) >> 1]:
+            if route.covers(key) and name_matches(route.iif, iif.name):
                 return route
         return None
 
-    def resolve(self, route, iif):
-        """The MFC entry (parent, oifs) that `route` gives to traffic on `iif`."""
-        kernel = self.kernels[len(route.group.addr)]
-        try:
+    def entry(self, kernel, iif, oif_names):
+        """The MFC entry (parent, oifs) for traffic on `iif` going out
+        `oif_names`; equal entries are one shared object."""
+        memo = (kernel.size, iif.index, oif_names)
+        entry = self.entries.get(memo)
+        if entry is None:
             parent = kernel.vif(iif, self.ttl(iif.name))
             oifs = set()
-            for name in route.oifs:
+            for name in oif_names:
                 for oif in self.usable(name):
                     if oif.index != iif.index or not is_pattern(name):
                         ttl = self.ttl(oif.name)
                         oifs.add((kernel.vif(oif, ttl), ttl))
-        except KernelError as exc:
-            raise KernelError("%s: %s: %s" % (route.origin, route, exc)) from None
-        return parent, tuple(sorted(oifs))
+            entry = self.entries[memo] = (parent, tuple(sorted(oifs)))
+        return entry
 
-    def wanted(self, key):
-        for route in self.exact.get(key, ()):
-            for iif in self.usable(route.iif):
-                return self.resolve(route, iif)
+    def wanted(self, key, kernel):
+        for rule in self.rules.candidates(key):
+            iif = self.ifaces.by_name.get(rule.iif)
+            if iif is not None and self.routes_on(iif):
+                return self.entry(kernel, iif, rule.oifs)
         learned = self.learned.get(key)
         if learned is None:
             return None
         iif = self.ifaces.by_index.get(learned.iif)
-        if iif is None:
+        if iif is None or not self.routes_on(iif):
             return None
-        route = self.match(key[0], key[1], iif)
-        if route is not None:
-            return self.resolve(route, iif)
-        return self.kernels[len(key[1])].vif(iif, self.ttl(iif.name)), ()
+        route = self.match(key, iif)
+        return self.entry(kernel, iif, route.oifs if route is not None else ())
 
     def sync(self, keys):
         """Bring the kernel's entries for `keys` in line; returns problems."""
         problems = []
         for key in keys:
-            kernel = self.kernels.get(len(key[1]))
+            kernel = self.kernels.get(len(key) >> 1)
             if kernel is None:
                 continue
+            have = self.mfc.get(key)
             try:
-                kernel.apply(key, self.wanted(key))
+                want = self.wanted(key, kernel)
+                if want is have:
+                    continue
+                kernel.apply(key, have, want)
             except KernelError as exc:
-                problems.append(str(exc))
+                self.starved.add(key)
+                problems.append("%s: %s" % (self.blame(key), exc))
+                continue
             except OSError as exc:
-                problems.append("%s: %s" % (pairs_text(ntop(key[0]), ntop(key[1])), describe(exc)))
+                problems.append("%s: %s" % (self.blame(key), describe(exc)))
+                continue
+            self.starved.discard(key)
+            if want is None:
+                del self.mfc[key]
+            else:
+                self.mfc[key] = want
         for problem in problems:
             log.error(problem)
         return problems
 
+    def blame(self, key):
+        """The rule behind `key`'s entry, for a message."""
+        for rule in self.rules.candidates(key):
+            return "%s: %s" % (self.origins.text(rule.origin),
+                               route_text(rule.iif, *split_key_text(key), rule.oifs))
+        return key_text(key)
+
     def sync_vifs(self):
         """Register the VIFs that templates and phyints need before any
-        traffic, and release the ones nothing needs any more; returns
-        [(rule, problem)]."""
-        problems = []
+        traffic, and release the ones nothing needs any more; a freed VIF
+        goes to the entries that waited for one."""
+        problems = {}               # origin -> [problem]
+        released = 0
         for size, kernel in self.kernels.items():
             keep = set()
-            wanted = [(t.iif, t) for t in self.templates[size]]
+            wanted = [(t.iif, t) for t in self.rules.templates[size]]
             wanted += [(p.name, p) for p in self.phyints.values() if p.enabled]
             for pattern, rule in wanted:
                 for iface in self.usable(pattern):
@@ -1012,90 +1376,63 @@ class Router:
                     try:
                         kernel.vif(iface, self.ttl(iface.name))
                     except (KernelError, OSError) as exc:
-                        problems.append((rule, "%s: %s" % (rule.origin, describe(exc))))
-            kernel.release_vifs(keep)
-        for _, problem in problems:
-            log.error(problem)
-        return problems
+                        problems.setdefault(rule.origin, []).append(
+                            "%s: %s" % (self.origins.text(rule.origin), describe(exc)))
+            released += kernel.release_vifs(keep)
+        for origin, texts in problems.items():
+            if self.vif_problems.get(origin) != texts:
+                for text in texts:
+                    log.error(text)
+        self.vif_problems = problems
+        if released:
+            self.entries = {}
+            if self.starved:
+                self.sync(list(self.starved))
+        return [text for texts in problems.values() for text in texts]
 
     def keys_for(self, route):
-        """The (S,G) keys whose entries a change of `route` can alter."""
-        if route.is_exact:
-            return [(route.source.addr, route.group.addr)]
-        return [key for key in self.learned
-                if key[1] in route.group and (route.source is None or key[0] in route.source)]
+        """The learned (S,G) keys a template's change can alter."""
+        return [key for key in self.learned if route.covers(key)]
 
     # Rules ---------------------------------------------------------------
 
-    def _index(self, route):
-        if route.is_exact:
-            self.exact.setdefault((route.source.addr, route.group.addr), []).append(route)
-        else:
-            templates = self.templates[len(route.group.addr)]
-            templates.append(route)
-            templates.sort(key=lambda r: r.specificity)
+    def keys_of(self, rule, source, group):
+        if isinstance(rule, ExactRoute):
+            return [source.addr + group.addr]
+        return self.keys_for(rule)
 
-    def _unindex(self, route):
-        if route.is_exact:
-            key = (route.source.addr, route.group.addr)
-            self.exact[key].remove(route)
-            if not self.exact[key]:
-                del self.exact[key]
-        else:
-            self.templates[len(route.group.addr)].remove(route)
-
-    def _insert(self, route):
-        """Store `route`, merging its OIFs into an existing rule with the same key."""
-        old = self.routes.get(route.key)
-        if old is not None:
-            old.oifs.extend(o for o in route.oifs if o not in old.oifs)
-            return old
-        self.seq += 1
-        route.seq = self.seq
-        self.routes[route.key] = route
-        self._index(route)
-        return route
-
-    def add_route(self, route):
+    def add_route(self, iif, source, group, oifs):
         """Add or extend a rule at run time; returns warnings.  A rule the
         kernel refuses (no free VIF, say) is taken back and raises."""
-        self.ifaces.refresh()
-        existed = self.routes.get(route.key)
-        before = list(existed.oifs) if existed else None
-        stored = self._insert(route)
-        problems = self.sync(self.keys_for(stored))
-        problems += [problem for rule, problem in self.sync_vifs() if rule is stored]
-        if problems:
-            self._drop(stored, before)
-            raise KernelError("; ".join(problems))
-        return self.route_problems(stored)
-
-    def _drop(self, route, oifs_before):
-        if oifs_before is None:
-            del self.routes[route.key]
-            self._unindex(route)
-        else:
-            route.oifs[:] = oifs_before
-        self.sync(self.keys_for(route))
+        rule, before = self.rules.add(iif, source, group, oifs, self.origins.take())
+        keys = self.keys_of(rule, source, group)
+        problems = self.sync(keys)
         self.sync_vifs()
+        problems += self.vif_problems.get(rule.origin, [])
+        if problems:
+            self.rules.restore(iif, source, group, before)
+            self.sync(keys)
+            self.sync_vifs()
+            raise KernelError("; ".join(problems))
+        return ["%s waits for %s" % (route_text(iif, source, group, rule.oifs), why)
+                for _, why in self.missing((iif,) + rule.oifs)]
 
-    def del_route(self, key, oifs):
+    def del_route(self, iif, source, group, oifs):
         """Remove `oifs` from a rule, or the whole rule when none are given
         or none are left."""
-        route = self.routes.get(key)
+        route = self.rules.find(iif, source, group)
         if route is None:
-            raise NotFound("no such route: %s from %s" % (pairs_text(key[1], key[2]), key[0]))
+            raise NotFound("no such route: %s from %s" % (pairs_text(source, group), iif))
         missing = [o for o in oifs if o not in route.oifs]
         if missing:
-            raise NotFound("%s does not go out %s" % (route, " ".join(missing)))
-        remaining = [o for o in route.oifs if o not in oifs] if oifs else []
-        self.ifaces.refresh()
+            raise NotFound("%s does not go out %s"
+                           % (route_text(iif, source, group, route.oifs), " ".join(missing)))
+        remaining = tuple(o for o in route.oifs if o not in oifs) if oifs else ()
         if remaining:
-            route.oifs[:] = remaining
+            self.rules.put(iif, source, group, self.rules.share(remaining), route.origin)
         else:
-            del self.routes[key]
-            self._unindex(route)
-        self.sync(self.keys_for(route))
+            self.rules.remove(iif, source, group)
+        self.sync(self.keys_of(route, source, group))
         self.sync_vifs()
 
     # Learned entries -------------------------------------------------------
@@ -1105,7 +1442,7 @@ class Router:
         iif = self.ifaces.by_index.get(index)
         if iif is None:
             return
-        key = (src, grp)
+        key = src + grp
         learned = self.learned.get(key)
         if msgtype == UPCALL_NOCACHE:
             if learned is None:
@@ -1116,31 +1453,47 @@ class Router:
             learned.iif = index
         else:
             return
-        log.debug("%s on %s" % (pairs_text(ntop(src), ntop(grp)), iif.name))
         self.sync([key])
+        self.report_learned(key, iif)
+
+    def report_learned(self, key, iif):
+        entry = self.mfc.get(key)
+        if entry is None or key in self.rules.exact:
+            return
+        src, grp = split_key(key)
+        route = self.match(key, iif)
+        if route is None:
+            events.emit(syslog.LOG_INFO, "stop", "%s from %s: no rule takes it, stop filter set"
+                        % (key_text(key), iif.name), source=ntop(src), group=ntop(grp))
+            return
+        oifs = " ".join(self.vif_names(len(grp), [vif for vif, _ in entry[1]])) or "nowhere"
+        events.emit(syslog.LOG_INFO, "learned", "%s from %s to %s, by rule %s"
+                    % (key_text(key), iif.name, oifs, self.origins.text(route.origin)),
+                    source=ntop(src), group=ntop(grp))
 
     def rehome(self, key, learned, iif):
         """Should a WRONGVIF on `iif` move a learned entry there?  Only a
         stop filter moves, and only to an interface a rule accepts: a flow
         that matches a rule where it is keeps its interface, so a second
         feed of the same (S,G) cannot steal it."""
-        if learned is None or learned.iif == iif.index or key in self.exact:
+        if learned is None or learned.iif == iif.index or key in self.rules.exact:
             return False
-        if self.match(key[0], key[1], iif) is None:
+        if self.match(key, iif) is None:
             return False
         here = self.ifaces.by_index.get(learned.iif)
-        return here is None or self.match(key[0], key[1], here) is None
+        return here is None or self.match(key, here) is None
 
     def expire(self):
         """Drop learned entries that saw no packet since the last call."""
         stale = []
         for key, learned in self.learned.items():
-            kernel = self.kernels[len(key[1])]
-            packets, _, wrong_if = kernel.counters(key)
+            packets, _, wrong_if = self.kernels[len(key) >> 1].counters(key)
             valid = packets - wrong_if
             if learned.seen == valid:
                 stale.append(key)
             learned.seen = valid
+        for key in stale:
+            events.emit(syslog.LOG_INFO, "expired", "%s expired" % key_text(key))
         self.forget(stale)
 
     def forget(self, keys):
@@ -1153,7 +1506,8 @@ class Router:
     # Memberships -----------------------------------------------------------
 
     def wanted_joins(self):
-        """{(ifindex, src, grp): Membership} for every usable membership."""
+        """{(ifindex, src, grp): Membership} for every membership whose
+        interface exists."""
         wanted = {}
         for membership in self.memberships.values():
             sources = membership.source if membership.source is not None else [None]
@@ -1177,13 +1531,14 @@ class Router:
                 try:
                     self.joins.join(key)
                 except OSError as exc:
-                    problems.append("%s: join %s: %s" % (membership.origin, membership, exc.strerror))
+                    problems.append("%s: join %s: %s" % (self.origins.text(membership.origin),
+                                                         membership, exc.strerror))
         for problem in problems:
             log.error(problem)
         return problems
 
-    def join(self, membership):
-        self.ifaces.refresh()
+    def join(self, iif, source, group):
+        membership = Membership(iif, source, group, self.origins.take())
         if membership.key in self.memberships:
             raise ValueError("already joined: %s" % membership)
         self.memberships[membership.key] = membership
@@ -1192,13 +1547,138 @@ class Router:
             del self.memberships[membership.key]
             self.sync_joins()
             raise KernelError("; ".join(problems))
-        return self.membership_problems(membership)
 
-    def leave(self, key):
-        if self.memberships.pop(key, None) is None:
-            raise NotFound("not joined: %s on %s" % (pairs_text(key[1], key[2]), key[0]))
-        self.ifaces.refresh()
+    def leave(self, iif, source, group):
+        if self.memberships.pop((iif, source, group), None) is None:
+            raise NotFound("not joined: %s on %s" % (pairs_text(source, group), iif))
         self.sync_joins()
+
+    # Interfaces that come and go -------------------------------------------
+
+    def interfaces_changed(self, changes):
+        """Bring exactly what the interface `changes` [(before, after)]
+        touch in line: the rules that name them, the entries that use
+        their VIFs, and the memberships on them."""
+        names, indexes = set(), set()
+        for before, after in changes:
+            self.report_interface(before, after)
+            for iface in (before, after):
+                if iface is not None:
+                    names.add(iface.name)
+            if before is not None:
+                indexes.add(before.index)
+        waiting = self.waiting_rules(names)
+        keys = self.keys_naming(names)
+        for size, kernel in self.kernels.items():
+            slots = kernel.slots_of(indexes)
+            if slots:
+                keys.update(k for k, (parent, oifs) in self.mfc.items()
+                            if len(k) >> 1 == size
+                            and (parent in slots or any(v in slots for v, _ in oifs)))
+            kernel.forget_vifs(self.ifaces.by_index)
+        gone = {i for i in indexes if i not in self.ifaces.by_index}
+        if gone:
+            self.learned = {k: v for k, v in self.learned.items() if v.iif not in gone}
+            self.joins.forget(gone)
+        self.entries = {}
+        self.sync(keys)
+        self.sync_vifs()
+        self.sync_joins()
+        self.report_waiting(waiting, self.waiting_rules(names))
+
+    def report_interface(self, before, after):
+        if before is None:
+            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) appeared"
+                        % (after.name, after.index))
+        elif after is None:
+            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) is gone"
+                        % (before.name, before.index))
+        elif before.name != after.name:
+            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) is now %s"
+                        % (before.name, before.index, after.name))
+        elif before.up != after.up:
+            events.emit(syslog.LOG_NOTICE, "interface", "interface %s is %s"
+                        % (after.name, "up" if after.up else "down"))
+        elif before.multicast != after.multicast:
+            events.emit(syslog.LOG_NOTICE, "interface", "interface %s is %smulticast-capable"
+                        % (after.name, "" if after.multicast else "no longer "))
+
+    def keys_naming(self, names):
+        """The keys whose entries may change when interfaces `names` come
+        or go: exact rules naming them, and what templates naming them
+        learned."""
+        def names_any(iif, oifs):
+            return any(name_matches(p, n) for p in (iif,) + oifs for n in names)
+        keys = set()
+        hits = {}
+        for key, rule in self.rules.all_exact():
+            hit = hits.get((rule.iif, rule.oifs))
+            if hit is None:
+                hit = hits[(rule.iif, rule.oifs)] = names_any(rule.iif, rule.oifs)
+            if hit:
+                keys.add(key)
+        for size in self.kernels:
+            for route in self.rules.templates[size]:
+                if names_any(route.iif, route.oifs):
+                    keys.update(self.keys_for(route))
+        return keys
+
+    # Pending: rules that wait for interfaces --------------------------------
+
+    def pending(self, names=None):
+        """[(origin, kind, iif, source, group, oifs, waits for)] for every
+        rule that is not wholly in effect, in config order; only those
+        naming one of `names` when given."""
+        def names_any(iif, oifs):
+            return names is None or any(name_matches(p, n) for p in (iif,) + oifs for n in names)
+
+        def waits_for(iif, oifs, size, starved):
+            why = [why for _, why in self.missing((iif,) + oifs)]
+            if size not in self.kernels:
+                why.append("IPv%d multicast routing" % (4 if size == 4 else 6))
+            if starved and not why:
+                why.append("a free VIF")
+            return why
+        found = []
+        for key, rule in self.rules.all_exact():
+            if names_any(rule.iif, rule.oifs):
+                why = waits_for(rule.iif, rule.oifs, len(key) >> 1, key in self.starved)
+                if why:
+                    found.append((rule.origin, "mroute", rule.iif) + split_key_text(key)
+                                 + (rule.oifs, why))
+        for route in self.rules.all_templates():
+            if names_any(route.iif, route.oifs):
+                why = waits_for(route.iif, route.oifs, len(route.group.addr),
+                                route.origin in self.vif_problems)
+                if why:
+                    found.append((route.origin, "mroute", route.iif,
+                                  route.source and str(route.source), str(route.group),
+                                  route.oifs, why))
+        for membership in self.memberships.values():
+            if names_any(membership.iif, ()) and not self.ifaces.matching(membership.iif):
+                found.append((membership.origin, "mgroup", membership.iif,
+                              membership.source and str(membership.source), str(membership.group),
+                              (), [self.why_unusable(membership.iif)]))
+        found.sort(key=lambda row: row[0])
+        return found
+
+    def waiting_rules(self, names):
+        return {row[0]: row for row in self.pending(names)}
+
+    def report_waiting(self, before, after):
+        for origin, row in after.items():
+            if before.get(origin, (None,) * 7)[6] != row[6]:
+                events.emit(syslog.LOG_NOTICE, "pending", "%s: %s waits for %s"
+                            % (self.origins.text(origin), pending_text(row), ", ".join(row[6])))
+        for origin, row in before.items():
+            if origin not in after:
+                events.emit(syslog.LOG_NOTICE, "active", "%s: %s is in effect"
+                            % (self.origins.text(origin), pending_text(row)))
+
+    def warnings(self):
+        """What the config asks for that cannot be done yet, as warnings."""
+        return ["%s: %s waits for %s" % (self.origins.text(row[0]), pending_text(row), ", ".join(row[6]))
+                for row in self.pending()]
 
     # The whole state at once --------------------------------------------
 
@@ -1206,62 +1686,71 @@ class Router:
         """Make `config` the desired state; entries that do not change are
         not touched, so their flows go on undisturbed."""
         self.ifaces.refresh()
-        present = set(self.ifaces.by_index)
+        present = self.ifaces.by_index
         for kernel in self.kernels.values():
             kernel.forget_vifs(present)
         self.learned = {k: v for k, v in self.learned.items() if v.iif in present}
-        self.phyints = dict(config.phyints)
-        self.routes, self.exact = {}, {}
-        self.templates = {4: [], 16: []}
-        for route in config.routes:
-            self._insert(route)
-        self.memberships = {}
-        for membership in config.memberships:
-            self.memberships.setdefault(membership.key, membership)
+        self.joins.forget({k[0] for k in self.joins.held if k[0] not in present})
+        self.phyints = config.phyints
+        self.rules = config.rules
+        self.memberships = config.memberships
+        self.origins = config.origins
+        self.origins.run("ipc")
+        self.entries = {}
+        self.starved = set()
         # Config order decides which rules get the last free VIFs.
-        keys = dict.fromkeys(self.exact)
+        keys = dict.fromkeys(self.rules.exact)
         keys.update(dict.fromkeys(self.learned))
-        for kernel in self.kernels.values():
-            keys.update(dict.fromkeys(kernel.mfc))
-        warnings = []
-        for route in self.routes.values():
-            warnings += self.route_problems(route)
-        for membership in self.memberships.values():
-            warnings += self.membership_problems(membership)
+        keys.update(dict.fromkeys(self.mfc))
+        problems = self.sync_vifs()
+        problems += self.sync(keys)
+        problems += self.sync_joins()
+        warnings = self.warnings()
         for warning in warnings:
             log.warning(warning)
-        vif_problems = [problem for _, problem in self.sync_vifs()]
-        return warnings + self.sync(keys) + vif_problems + self.sync_joins()
+        return warnings + problems
 
     # Reports -------------------------------------------------------------
 
+    def vif_names(self, size, vifs):
+        kernel = self.kernels[size]
+        names = []
+        for vif in vifs:
+            iface = self.ifaces.by_index.get(kernel.vifs[vif])
+            names.append(iface.name if iface else "?")
+        return names
+
     def route_rows(self):
-        """Every rule and kernel entry, as dicts for `show routes`."""
+        """Every kernel entry, in install order, then the rules not in the
+        kernel, as dicts for `show routes`."""
         rows = []
-        installed = set()
-        for _, kernel in sorted(self.kernels.items()):
-            names = {vif: self.ifaces.by_index.get(index) for vif, index in enumerate(kernel.vifs)}
-            for key, (parent, oifs) in sorted(kernel.mfc.items(), key=lambda i: (i[0][1], i[0][0])):
-                installed.add(key)
-                packets, octets, _ = kernel.counters(key)
-                kind = "static" if key in self.exact else "learned" if oifs else "stop"
-                rows.append(dict(kind=kind, source=ntop(key[0]), group=ntop(key[1]),
-                                 iif=iface_name(names[parent]),
-                                 oifs=[iface_name(names[vif]) for vif, _ in oifs],
-                                 packets=packets, bytes=octets))
-        for route in self.routes.values():
-            if route.is_exact and (route.source.addr, route.group.addr) in installed:
-                continue
-            rows.append(dict(kind="template" if not route.is_exact else "waiting",
-                             source=str(route.source) if route.source else None,
+        for key, (parent, oifs) in self.mfc.items():
+            size = len(key) >> 1
+            packets, octets, _ = self.kernels[size].counters(key)
+            rule = self.rules.exact.get(key)
+            kind = "static" if rule is not None else "learned" if oifs else "stop"
+            src, grp = split_key_text(key)
+            rows.append(dict(kind=kind, source=src, group=grp,
+                             iif=self.vif_names(size, [parent])[0],
+                             oifs=self.vif_names(size, [vif for vif, _ in oifs]),
+                             waiting=[n for n, _ in self.missing(rule.oifs)] if rule else [],
+                             packets=packets, bytes=octets))
+        for key, rule in self.rules.all_exact():
+            if key not in self.mfc:
+                src, grp = split_key_text(key)
+                rows.append(dict(kind="waiting", source=src, group=grp, iif=rule.iif,
+                                 oifs=list(rule.oifs), waiting=[], packets=None, bytes=None))
+        for route in self.rules.all_templates():
+            rows.append(dict(kind="template", source=route.source and str(route.source),
                              group=str(route.group), iif=route.iif, oifs=list(route.oifs),
-                             packets=None, bytes=None))
+                             waiting=[], packets=None, bytes=None))
         return rows
 
     def group_rows(self):
         rows = []
         for (index, src, grp), _ in sorted(self.joins.held.items(), key=lambda i: (i[0][2], i[0][0])):
-            rows.append(dict(kind="joined", iif=iface_name(self.ifaces.by_index.get(index)),
+            iface = self.ifaces.by_index.get(index)
+            rows.append(dict(kind="joined", iif=iface.name if iface else "?",
                              source=src and ntop(src), group=ntop(grp)))
         joined = set(self.wanted_joins().values())
         for membership in self.memberships.values():
@@ -1276,16 +1765,138 @@ class Router:
         for iface in sorted(self.ifaces.by_name.values(), key=lambda i: i.index):
             vifs = {size: k.vif_of.get(iface.index) for size, k in self.kernels.items()}
             rows.append(dict(name=iface.name, index=iface.index, vif=vifs.get(4), mif=vifs.get(16),
-                             ttl=self.ttl(iface.name), multicast=bool(iface.multicast)))
+                             ttl=self.ttl(iface.name), multicast=iface.multicast,
+                             state="up" if iface.up else "down"))
         return rows
 
+    def pending_rows(self):
+        return [dict(kind=kind, iif=iif, source=source, group=group, oifs=list(oifs),
+                     origin=self.origins.text(origin), waits_for=why)
+                for origin, kind, iif, source, group, oifs, why in self.pending()]
 
-def iface_name(iface):
-    return iface.name if iface else "?"
+
+def split_key_text(key):
+    return tuple(ntop(addr) for addr in split_key(key))
 
 
-def describe(exc):
-    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+def pending_text(row):
+    _, kind, iif, source, group, oifs, _ = row
+    if kind == "mgroup":
+        return "mgroup %s on %s" % (pairs_text(source, group), iif)
+    return "mroute " + route_text(iif, source, group, oifs)
+
+# ---------------------------------------------------------------------------
+# Supervision: the -e script hook and systemd's notify socket
+# ---------------------------------------------------------------------------
+
+SCRIPT_MAX_RUNNING = 4      # hooks at once; the rest wait their turn
+SCRIPT_MAX_WAITING = 1000
+SCRIPT_TIMEOUT = 60.0       # seconds before a hook that hangs is killed
+
+
+def exit_text(status):
+    if os.WIFSIGNALED(status):
+        return "was killed by signal %d" % os.WTERMSIG(status)
+    return "exited with %d" % os.WEXITSTATUS(status)
+
+
+class Script:
+    """The -e hook, run as `CMD start|reload|install` with no shell; the
+    loop never waits for it: children are reaped on SIGCHLD, a few run at
+    once, the rest queue, and one that hangs is killed."""
+
+    def __init__(self, path):
+        self.path = path
+        self.running = {}           # pid -> (action, started)
+        self.waiting = deque()
+
+    def run(self, action, **env):
+        if len(self.waiting) >= SCRIPT_MAX_WAITING:
+            log.warning("%s %s not run: %d runs already wait" % (self.path, action, len(self.waiting)))
+            return
+        self.waiting.append((action, env))
+        self._start()
+
+    def _start(self):
+        while self.waiting and len(self.running) < SCRIPT_MAX_RUNNING:
+            action, extra = self.waiting.popleft()
+            env = dict(os.environ)
+            env.update(extra)
+            try:
+                pid = os.posix_spawn(self.path, [self.path, action], env, file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)])
+            except OSError as exc:
+                log.error("cannot run %s %s: %s" % (self.path, action, describe(exc)))
+                continue
+            self.running[pid] = (action, time.monotonic())
+
+    def reap(self):
+        for pid, (action, _) in list(self.running.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.running[pid]
+                if status:
+                    log.warning("%s %s %s" % (self.path, action, exit_text(status)))
+        self._start()
+
+    def deadline(self):
+        if not self.running:
+            return None
+        return min(started for _, started in self.running.values()) + SCRIPT_TIMEOUT
+
+    def on_timer(self, now):
+        for pid, (action, started) in self.running.items():
+            if now - started >= SCRIPT_TIMEOUT:
+                log.error("%s %s still runs after %d s, killed" % (self.path, action, SCRIPT_TIMEOUT))
+                os.kill(pid, signal.SIGKILL)
+                self.running[pid] = (action, float("inf"))
+
+
+class Notifier:
+    """systemd's readiness protocol: datagrams to $NOTIFY_SOCKET, a path or
+    an abstract name (@...).  The variable is taken out of the environment
+    so that the script hook does not see it."""
+
+    def __init__(self):
+        path = os.environ.pop("NOTIFY_SOCKET", "")
+        self.address = "\0" + path[1:] if path.startswith("@") else path
+
+    def notify(self, *fields):
+        if not self.address:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto("\n".join(fields).encode(), self.address)
+        except OSError as exc:
+            log.warning("cannot notify systemd at %s: %s" % (self.address.lstrip("\0"), describe(exc)))
+
+    def ready(self, status):
+        self.notify("READY=1", "STATUS=" + status, "MAINPID=%d" % os.getpid())
+
+    def reloading(self):
+        self.notify("RELOADING=1", "MONOTONIC_USEC=%d" % (time.monotonic() * 1e6))
+
+    def stopping(self):
+        self.notify("STOPPING=1")
+
+
+class Periodic:
+    """A timer for the loop: `action` every `interval` seconds."""
+
+    def __init__(self, interval, action):
+        self.interval = interval
+        self.action = action
+        self.next = time.monotonic() + interval
+
+    def deadline(self):
+        return self.next
+
+    def on_timer(self, now):
+        self.next = now + self.interval
+        self.action()
 
 # ---------------------------------------------------------------------------
 # IPC: the control socket's line protocol
@@ -1322,6 +1933,12 @@ def format_table(columns, rows, formats):
     return lines
 
 
+def with_waiting(row):
+    """A route row's OIFS column: the outputs in use, then in parentheses
+    the ones that wait for their interface."""
+    return dict(row, oifs=row["oifs"] + ["(%s)" % name for name in row["waiting"]])
+
+
 class Control:
     """The daemon's commands, one method per command word, each returning
     data lines or raising CommandError."""
@@ -1331,7 +1948,8 @@ class Control:
         "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   remove OIFs, or the whole route",
         "join IIF [SRC[/LEN]] GRP[/LEN]            join a group",
         "leave IIF [SRC[/LEN]] GRP[/LEN]           leave a group",
-        "show [routes|groups|interfaces] [json]    show state, with counters",
+        "show [routes|groups|interfaces|pending] [json]",
+        "                                          show state, with counters",
         "flush                                     drop learned routes now",
         "reload                                    re-read the config file",
         "kill                                      stop the daemon",
@@ -1342,8 +1960,10 @@ class Control:
         "routes": (("kind", "source", "group", "iif", "packets", "bytes", "oifs"),
                    "%-8s %-24s %-24s %-12s %10s %12s  %s", "route_rows"),
         "groups": (("kind", "source", "group", "iif"), "%-8s %-24s %-24s %s", "group_rows"),
-        "interfaces": (("name", "index", "vif", "mif", "ttl"), "%-15s %6s %4s %4s %4s",
+        "interfaces": (("name", "index", "state", "vif", "mif", "ttl"), "%-15s %6s %-5s %4s %4s %4s",
                        "interface_rows"),
+        "pending": (("origin", "kind", "iif", "source", "group", "waits_for"),
+                    "%-24s %-6s %-12s %-24s %-24s %s", "pending_rows"),
     }
 
     def __init__(self, daemon):
@@ -1362,6 +1982,7 @@ class Control:
             command = self.commands.get(words[0].lower())
             if command is None:
                 raise CommandError("unknown command %r, try 'help'" % words[0])
+            self.daemon.read_interface_events()     # a command sees every change made before it
             return command(words[1:]) + ["ok"]
         except CommandError as exc:
             return ["error: %s" % exc]
@@ -1379,31 +2000,31 @@ class Control:
         return (args[0],) + split_source_group(args[1:], usage)
 
     def _route(self, args, usage):
-        iif, source, group, oifs = self._split(args, usage)
-        return make_route(iif, source, group, oifs, "ipc")
+        return route_words(*self._split(args, usage))
 
     def _membership(self, args, usage):
         iif, source, group, rest = self._split(args, usage)
         if rest:
             raise CommandError("usage: " + usage)
-        return make_membership(iif, source, group, "ipc")
+        return membership_words(iif, source, group)
 
     def add(self, args):
-        route = self._route(args, "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
-        return ["warning: " + w for w in self.router.add_route(route)]
+        iif, source, group, oifs = self._route(args, "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
+        self.router.require((iif,) + oifs)
+        return ["warning: " + w for w in self.router.add_route(iif, source, group, oifs)]
 
     def delete(self, args):
-        route = self._route(args, "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
-        self.router.del_route(route.key, route.oifs)
+        self.router.del_route(*self._route(args, "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]"))
         return []
 
     def join(self, args):
-        membership = self._membership(args, "join IIF [SRC[/LEN]] GRP[/LEN]")
-        return ["warning: " + w for w in self.router.join(membership)]
+        iif, source, group = self._membership(args, "join IIF [SRC[/LEN]] GRP[/LEN]")
+        self.router.require((iif,))
+        self.router.join(iif, source, group)
+        return []
 
     def leave(self, args):
-        membership = self._membership(args, "leave IIF [SRC[/LEN]] GRP[/LEN]")
-        self.router.leave(membership.key)
+        self.router.leave(*self._membership(args, "leave IIF [SRC[/LEN]] GRP[/LEN]"))
         return []
 
     def show(self, args):
@@ -1412,9 +2033,8 @@ class Control:
         words = [w for w in words if w != "json"]
         table = words[0] if words else "routes"
         if table not in self.SHOW or len(words) > 1:
-            raise CommandError("usage: show [routes|groups|interfaces] [json]")
+            raise CommandError("usage: show [routes|groups|interfaces|pending] [json]")
         columns, formats, rows_of = self.SHOW[table]
-        self.router.ifaces.refresh()
         rows = getattr(self.router, rows_of)()
         if as_json:
             try:
@@ -1422,6 +2042,8 @@ class Control:
             except ImportError:
                 raise CommandError("JSON output needs Python's json module") from None
             return [json.dumps({table: rows}, sort_keys=True)]
+        if table == "routes":
+            rows = [with_waiting(row) for row in rows]
         return format_table(columns, rows, formats)
 
     def flush(self, args):
@@ -1524,6 +2146,19 @@ class Client:
             self.sock = None
 
 
+def probe_socket(path):
+    """Refuse to start when another daemon answers on `path`; a socket
+    file nobody answers on is stale, left by a daemon that was killed."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        raise Fatal(EX_UNAVAILABLE, "another daemon answers on %s" % path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    finally:
+        probe.close()
+
+
 class ControlServer:
     """The listening UNIX socket and its clients."""
 
@@ -1537,20 +2172,16 @@ class ControlServer:
 
     @staticmethod
     def _bind(path):
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-            raise Fatal(EX_UNAVAILABLE, "another daemon answers on %s" % path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            pass                    # nothing there, or a stale file
-        finally:
-            probe.close()
+        probe_socket(path)
         if os.path.exists(path):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
+        except OSError:
+            sock.close()
+            raise
         finally:
             os.umask(old_umask)
         sock.listen(64)
@@ -1606,30 +2237,55 @@ class Daemon:
         self.options = options
         self.selector = selectors.DefaultSelector()
         self.running = True
+        self.kernels = {}
+        self.interfaces = None
         self.router = None
         self.server = None
-        self.next_expire = None
+        self.timers = []            # objects with deadline() and on_timer(now)
+        self.script = Script(options.script) if options.script else None
+        self.notifier = Notifier()
+        self.ready = False
         self._wakeup = None
 
     def start(self):
-        kernels = open_kernels()
-        if not kernels:
+        # Nothing of another daemon's is touched when this one cannot
+        # start: its socket is checked before anything is created here.
+        probe_socket(self.options.socket)
+        self.kernels = open_kernels(self.options.table)
+        if not self.kernels:
             raise Fatal(EX_NOKERNEL, "the kernel has no multicast routing")
-        self.router = Router(kernels)
-        for kernel in kernels.values():
+        self.interfaces = Interfaces()
+        self.router = Router(self.kernels, self.interfaces)
+        for kernel in self.kernels.values():
             self.selector.register(kernel.sock, selectors.EVENT_READ, self._upcall_reader(kernel))
+        self.selector.register(self.interfaces.sock, selectors.EVENT_READ,
+                               lambda mask: self.read_interface_events())
         self.server = ControlServer(self.options.socket, self.selector, Control(self))
         self._catch_signals()
+        events.listeners.append(self.on_event)
         if os.path.exists(self.options.config):
-            self.router.load(self.read_config())
+            config = self.read_config()
         else:
             log.warning("%s: no such file, starting with no rules" % self.options.config)
+            config = Config()
+        self.router.load(config)
         if self.options.expire:
-            self.next_expire = time.monotonic() + self.options.expire
+            self.timers.append(Periodic(self.options.expire, self.router.expire))
+        if self.script:
+            self.timers.append(self.script)
         if self.options.pidfile:
             with open(self.options.pidfile, "w") as pidfile:
                 pidfile.write("%d\n" % os.getpid())
+        self.ready = True
+        self.notifier.ready(self.status())
+        if self.script:
+            self.script.run("start")
         log.notice("smcroute.py %s ready" % VERSION)
+
+    def status(self):
+        return "%d routes, %d learned, %d joins" % (len(self.router.rules.exact),
+                                                    len(self.router.learned),
+                                                    len(self.router.joins.held))
 
     def _upcall_reader(self, kernel):
         def read(mask):
@@ -1637,13 +2293,22 @@ class Daemon:
                 self.router.upcall(kernel, msgtype, vif, src, grp)
         return read
 
+    def read_interface_events(self):
+        changes, addressed = self.interfaces.read_events()
+        if changes:
+            self.router.interfaces_changed(changes)
+
+    def on_event(self, kind, text, details):
+        if kind == "learned" and self.script:
+            self.script.run("install", source=details["source"], group=details["group"])
+
     def _catch_signals(self):
         reader, writer = socket.socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
         self._wakeup = (reader, writer)
         signal.set_wakeup_fd(writer.fileno())
-        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
             signal.signal(signum, lambda *_: None)
         self.selector.register(reader, selectors.EVENT_READ, self._on_signal)
 
@@ -1658,19 +2323,33 @@ class Daemon:
                     self.reload()
                 except CommandError:
                     pass            # already logged; the old state stays
+            elif signum == signal.SIGCHLD and self.script:
+                self.script.reap()
             elif signum in (signal.SIGINT, signal.SIGTERM):
                 log.notice("exiting on %s" % signal.Signals(signum).name)
                 self.running = False
 
     def reload(self):
         """Re-read the config; a config with errors, or none, changes nothing."""
-        config = self.read_config()
-        if config.errors:
-            log.error("reload refused: %d errors in %s, nothing changed"
-                      % (len(config.errors), self.options.config))
-            raise CommandError("reload refused, nothing changed: " + "; ".join(config.errors))
-        problems = self.router.load(config)
-        log.notice("reloaded %s" % self.options.config)
+        self.notifier.reloading()
+        try:
+            config = self.read_config()
+            if config.errors:
+                log.error("reload refused: %d errors in %s, nothing changed"
+                          % (len(config.errors), self.options.config))
+                raise CommandError("reload refused, nothing changed: " + "; ".join(config.errors))
+            problems = self.router.load(config)
+        finally:
+            self.notifier.ready(self.status())
+        if self.options.pidfile:
+            try:
+                os.utime(self.options.pidfile)      # tells supervisors such as Finit
+            except OSError as exc:
+                log.warning("cannot touch %s: %s" % (self.options.pidfile, describe(exc)))
+        events.emit(syslog.LOG_NOTICE, "reload", "reloaded %s: %s" % (self.options.config,
+                                                                       self.status()))
+        if self.script:
+            self.script.run("reload")
         return ["warning: " + p for p in problems]
 
     def read_config(self):
@@ -1683,16 +2362,17 @@ class Daemon:
 
     def run(self):
         while self.running:
-            timeout = None
-            if self.next_expire is not None:
-                timeout = max(0.0, self.next_expire - time.monotonic())
+            deadlines = [d for d in (t.deadline() for t in self.timers) if d is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             for key, mask in self.selector.select(timeout):
                 self.guarded(key.data, mask)
                 if not self.running:
                     break
-            if self.next_expire is not None and time.monotonic() >= self.next_expire:
-                self.guarded(self.router.expire)
-                self.next_expire = time.monotonic() + self.options.expire
+            now = time.monotonic()
+            for timer in self.timers:
+                deadline = timer.deadline()
+                if deadline is not None and now >= deadline:
+                    self.guarded(timer.on_timer, now)
 
     @staticmethod
     def guarded(callback, *args):
@@ -1703,17 +2383,23 @@ class Daemon:
             log.error("internal error, please report:\n" + traceback.format_exc())
 
     def close(self):
+        if self.ready:
+            self.notifier.stopping()
+        if self.on_event in events.listeners:
+            events.listeners.remove(self.on_event)
         if self.server is not None:
             self.server.close()
         if self.router is not None:
             self.router.close()
-            for kernel in self.router.kernels.values():
-                kernel.close()
+        if self.interfaces is not None:
+            self.interfaces.close()
+        for kernel in self.kernels.values():
+            kernel.close()
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
                 sock.close()
-        if self.options.pidfile:
+        if self.ready and self.options.pidfile:
             try:
                 os.unlink(self.options.pidfile)
             except FileNotFoundError:
@@ -1728,13 +2414,27 @@ class Daemon:
 
 class Options:
     def __init__(self):
-        self.config = DEFAULT_CONFIG
-        self.socket = DEFAULT_SOCKET
-        self.pidfile = DEFAULT_PIDFILE
+        self.identity = IDENTITY
+        self.config = None          # these three follow the identity unless given
+        self.socket = None
+        self.pidfile = None
         self.expire = DEFAULT_EXPIRE
+        self.table = None
+        self.script = None
         self.detach = False
+        self.syslog = False
         self.check = None
         self.command = None         # words of a control command
+
+    def resolve(self):
+        """Fill in the paths the identity implies, as SMCRoute names them."""
+        if self.config is None:
+            self.config = "/etc/%s.conf" % self.identity
+        if self.socket is None:
+            self.socket = DEFAULT_SOCKET if self.identity == IDENTITY else "/run/%s.sock" % self.identity
+        if self.pidfile is None:
+            self.pidfile = "/run/%s.pid" % self.identity
+        return self
 
 
 CLIENT_FLAGS = {"-a": "add", "-r": "del", "-j": "join", "-l": "leave", "-k": "kill"}
@@ -1747,7 +2447,7 @@ class UsageError(Exception):
 def parse_args(argv):
     options = Options()
     try:
-        opts, args = getopt.getopt(argv, "hvdnDf:u:P:F:c:arjlk",
+        opts, args = getopt.getopt(argv, "hvdnsDf:u:P:F:c:i:t:e:arjlk",
                                    ["log-level=", "help", "version"])
     except getopt.GetoptError as exc:
         raise UsageError(str(exc)) from None
@@ -1758,6 +2458,8 @@ def parse_args(argv):
             options.command = ["local-version"]
         elif flag == "-d":
             options.detach = True
+        elif flag == "-s":
+            options.syslog = True
         elif flag == "-D":
             log.level = syslog.LOG_DEBUG
         elif flag == "--log-level":
@@ -1773,6 +2475,18 @@ def parse_args(argv):
             options.pidfile = value
         elif flag == "-F":
             options.check = value
+        elif flag == "-i":
+            if not value or "/" in value:
+                raise UsageError("-i needs a name without '/'")
+            options.identity = log.ident = value
+        elif flag == "-t":
+            if not (value.isdigit() and int(value) < 1 << 32):
+                raise UsageError("-t needs a routing table number")
+            options.table = int(value)
+        elif flag == "-e":
+            if not (os.path.isfile(value) and os.access(value, os.X_OK)):
+                raise UsageError("-e %s: not an executable file" % value)
+            options.script = os.path.abspath(value)
         elif flag == "-c":
             if not value.isdigit():
                 raise UsageError("-c needs a number of seconds")
@@ -1781,7 +2495,7 @@ def parse_args(argv):
             options.command = [CLIENT_FLAGS[flag]] + args
     if options.command is None and args:
         options.command = args
-    return options
+    return options.resolve()
 
 
 def send_command(path, words):
@@ -1826,6 +2540,18 @@ def check_config(path):
     return EX_CONFIG if config.errors else EX_OK
 
 
+SYSLOG_SOCKET = "/dev/log"
+
+
+def warn_without_syslog():
+    """Logging to syslog where nothing listens (a container, a minimal
+    system) loses every message: say so while a terminal still sees it."""
+    if not os.path.exists(SYSLOG_SOCKET):
+        sys.stderr.write("%s: warning: nothing listens on %s, so the daemon's log messages will "
+                         "be lost; run it in the foreground without -s to see them\n"
+                         % (log.ident, SYSLOG_SOCKET))
+
+
 def detach():
     """Fork into the background; the parent exits with the child's start-up
     status, so `smcroute.py -d` fails visibly when the daemon cannot start."""
@@ -1853,6 +2579,10 @@ def become_daemon(status_fd):
 
 
 def run_daemon(options):
+    if options.detach or options.syslog:
+        warn_without_syslog()
+    if options.syslog:
+        log.use_syslog()
     status_fd = detach() if options.detach else None
     daemon = Daemon(options)
     status = EX_OK

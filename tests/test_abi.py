@@ -32,7 +32,7 @@ def test_vifctl_by_ifindex():
 
 
 def test_mfcctl_ttls_at_offset_10():
-    raw = s.MrouteV4.pack_mfc((ADDR, GROUP), 2, ((0, 1), (5, 9)))
+    raw = s.MrouteV4.pack_mfc(ADDR, GROUP, 2, ((0, 1), (5, 9)))
     assert raw[0:4] == ADDR and raw[4:8] == GROUP
     assert struct.unpack_from("@H", raw, 8) == (2,)                  # mfcc_parent
     ttls = raw[10:42]
@@ -42,7 +42,7 @@ def test_mfcctl_ttls_at_offset_10():
 def test_mif6ctl_and_mf6cctl():
     raw = s.MrouteV6.pack_vif(4, 9, 1)
     assert struct.unpack_from("@HBBH", raw) == (4, 0, 1, 9)          # mifi flags threshold pifi
-    raw = s.MrouteV6.pack_mfc((ADDR6, GROUP6), 1, ((0, 1), (3, 1)))
+    raw = s.MrouteV6.pack_mfc(ADDR6, GROUP6, 1, ((0, 1), (3, 1)))
     assert struct.unpack_from("@H", raw, 0) == (socket.AF_INET6,)
     assert raw[8:24] == ADDR6 and raw[28 + 8:28 + 24] == GROUP6      # sin6_addr at 8
     assert struct.unpack_from("@H", raw, 56) == (1,)                 # mf6cc_parent

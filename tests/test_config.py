@@ -27,11 +27,17 @@ def parse(tmp_path, monkeypatch):
 
 
 def routes(config):
-    return [(r.iif, r.source and str(r.source), str(r.group), r.oifs) for r in config.routes]
+    return [(iif, source and str(source), str(group), list(oifs))
+            for iif, source, group, oifs, _ in config.rules.listing()]
+
+
+def exact(config):
+    return [config.rules.is_exact(iif, source, group)
+            for iif, source, group, _, _ in config.rules.listing()]
 
 
 def memberships(config):
-    return [(m.iif, m.source and str(m.source), str(m.group)) for m in config.memberships]
+    return [(m.iif, m.source and str(m.source), str(m.group)) for m in config.memberships.values()]
 
 
 # Directives -----------------------------------------------------------------
@@ -54,7 +60,7 @@ def test_mroute_forms(parse):
         ("eth0", None, "ff2e::/16", ["eth+"]),
         ("eth0", "10.0.0.1", "225.1.2.4", []),
     ]
-    assert [r.is_exact for r in config.routes] == [True, False, False, False, False, False, True]
+    assert exact(config) == [True, False, False, False, False, False, True]
 
 
 def test_host_bits_of_a_prefix_are_cleared(parse):
@@ -94,7 +100,7 @@ def test_seed_v1_99_lines(parse):
                    "mroute from eth0 source 192.168.1.2 group 239.1.1.1 to eth1 eth2\n"
                    "mroute from eth0 group 239.1.1.2 to eth1\n")
     assert config.errors == []
-    assert len(config.routes) == 2 and len(config.memberships) == 1
+    assert len(routes(config)) == 2 and len(config.memberships) == 1
 
 
 def test_comments_and_blank_lines(parse):

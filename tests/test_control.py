@@ -169,12 +169,15 @@ def test_errors_for_routes_that_do_not_exist(start):
     assert [r["oifs"] for r in daemon.show()] == [["b1"]]
 
 
-def test_add_with_an_unknown_interface_warns_and_waits(start):
+def test_add_or_join_naming_a_missing_interface_is_refused_and_changes_nothing(bed, start):
+    """A typo must not look like success; config rules wait instead."""
     daemon = start()
-    reply = daemon.ctl("add a1 10.0.0.1 225.1.2.3 b1 eth9")
-    assert reply[-1] == "ok"
-    assert any("eth9" in line and line.startswith("warning:") for line in reply)
-    assert [r["oifs"] for r in daemon.show()] == [["b1"]]
+    assert daemon.ctl("add a1 10.0.0.1 225.1.2.3 b1 eth9") == ["error: no interface eth9"]
+    assert daemon.ctl("add eth9 10.0.0.1 225.1.2.3 b1") == ["error: no interface eth9"]
+    assert daemon.ctl("join eth9 225.6.6.6") == ["error: no interface eth9"]
+    assert daemon.show() == [] and daemon.show("groups") == []
+    assert bed.mroutes(4) == ""
+    assert daemon.ctl("add a1 10.0.0.1 225.1.2.3 eth+")[-1] == "ok"     # a wildcard may match nothing yet
 
 
 def test_flush_drops_learned_routes_now(bed, start):
@@ -205,7 +208,7 @@ def test_show_routes_with_counters(bed, start):
     assert lines[1].split() == ["static", "10.0.0.1", "225.1.2.3", "a1", "5", "215", "b1", "b2"]
     [row] = daemon.show("routes")
     assert row == {"kind": "static", "source": "10.0.0.1", "group": "225.1.2.3", "iif": "a1",
-                   "oifs": ["b1", "b2"], "packets": 5, "bytes": 215}
+                   "oifs": ["b1", "b2"], "waiting": [], "packets": 5, "bytes": 215}
 
 
 def test_show_interfaces_and_groups(start):
@@ -277,7 +280,8 @@ def test_client_flags_add_remove_join_leave(bed, start):
 def test_client_prints_data_and_reports_errors(start):
     daemon = start()
     shown = daemon.cli("show", "interfaces")
-    assert shown.returncode == 0 and shown.stdout.split()[:5] == ["NAME", "INDEX", "VIF", "MIF", "TTL"]
+    assert shown.returncode == 0
+    assert shown.stdout.split()[:6] == ["NAME", "INDEX", "STATE", "VIF", "MIF", "TTL"]
     failed = daemon.cli("-r", "a1", "10.0.0.1", "225.1.2.3")
     assert failed.returncode == 1
     assert failed.stderr.startswith("smcroute: error: no such route")
