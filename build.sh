@@ -3,6 +3,7 @@
 #
 #   ./build.sh pyz [OUTPUT]         build the zipapp, smcroute.pyz by default
 #   ./build.sh test [PYTEST ARGS]   build it, lint, check Python 3.8 compatibility, run all tests
+#   ./build.sh bench [ARGS]         compare smcroute.py with SMCRoute's C daemon (bench/compare.py --help)
 #
 # The build and test tools go into a virtualenv (.venv, or $VENV); Debian
 # packages the tests need are installed when missing.  The end-to-end tests
@@ -116,8 +117,18 @@ case "${1:-}" in
         build_pyz smcroute.pyz
         run_tests "$@"
         ;;
+    bench)
+        shift
+        # Debian's Python: a venv or pyenv one may load .pth hooks that
+        # cost the memory and start-up figures.
+        if [ "$(id -u)" != 0 ]; then
+            echo "build.sh: bench builds network namespaces: run it as root" >&2
+            exit 1
+        fi
+        exec /usr/bin/python3 bench/compare.py "$@"
+        ;;
     *)
-        echo "usage: $0 pyz | test [PYTEST ARGS]" >&2
+        echo "usage: $0 pyz | test [PYTEST ARGS] | bench [ARGS]" >&2
         exit 64
         ;;
 esac

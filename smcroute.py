@@ -1233,6 +1233,7 @@ class Router:
         self.entries = {}               # (size, iif index, oif names) -> entry, shared
         self.starved = set()            # keys whose entry needs a VIF there is none of
         self.vif_problems = {}          # origin -> why a template or phyint has no VIF
+        self.waiting = {}               # origin -> pending() row, as last reported
 
     def close(self):
         self.joins.close()
@@ -1567,7 +1568,6 @@ class Router:
                     names.add(iface.name)
             if before is not None:
                 indexes.add(before.index)
-        waiting = self.waiting_rules(names)
         keys = self.keys_naming(names)
         for size, kernel in self.kernels.items():
             slots = kernel.slots_of(indexes)
@@ -1584,42 +1584,43 @@ class Router:
         self.sync(keys)
         self.sync_vifs()
         self.sync_joins()
-        self.report_waiting(waiting, self.waiting_rules(names))
+        self.report_waiting(names)
 
     def report_interface(self, before, after):
+        """An event for a change of an interface: a notice for one that
+        routes (it has a VIF), else just information."""
+        iface = before or after
+        routes = any(iface.index in kernel.vif_of for kernel in self.kernels.values())
         if before is None:
-            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) appeared"
-                        % (after.name, after.index))
+            text = "interface %s (%d) appeared" % (after.name, after.index)
         elif after is None:
-            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) is gone"
-                        % (before.name, before.index))
+            text = "interface %s (%d) is gone" % (before.name, before.index)
         elif before.name != after.name:
-            events.emit(syslog.LOG_NOTICE, "interface", "interface %s (%d) is now %s"
-                        % (before.name, before.index, after.name))
+            text = "interface %s (%d) is now %s" % (before.name, before.index, after.name)
         elif before.up != after.up:
-            events.emit(syslog.LOG_NOTICE, "interface", "interface %s is %s"
-                        % (after.name, "up" if after.up else "down"))
+            text = "interface %s is %s" % (after.name, "up" if after.up else "down")
         elif before.multicast != after.multicast:
-            events.emit(syslog.LOG_NOTICE, "interface", "interface %s is %smulticast-capable"
-                        % (after.name, "" if after.multicast else "no longer "))
+            text = "interface %s is %smulticast-capable" % (after.name,
+                                                           "" if after.multicast else "no longer ")
+        else:
+            return
+        events.emit(syslog.LOG_NOTICE if routes else syslog.LOG_INFO, "interface", text)
 
     def keys_naming(self, names):
         """The keys whose entries may change when interfaces `names` come
         or go: exact rules naming them, and what templates naming them
         learned."""
-        def names_any(iif, oifs):
-            return any(name_matches(p, n) for p in (iif,) + oifs for n in names)
         keys = set()
         hits = {}
         for key, rule in self.rules.all_exact():
             hit = hits.get((rule.iif, rule.oifs))
             if hit is None:
-                hit = hits[(rule.iif, rule.oifs)] = names_any(rule.iif, rule.oifs)
+                hit = hits[(rule.iif, rule.oifs)] = names_any(rule.iif, rule.oifs, names)
             if hit:
                 keys.add(key)
         for size in self.kernels:
             for route in self.rules.templates[size]:
-                if names_any(route.iif, route.oifs):
+                if names_any(route.iif, route.oifs, names):
                     keys.update(self.keys_for(route))
         return keys
 
@@ -1629,8 +1630,8 @@ class Router:
         """[(origin, kind, iif, source, group, oifs, waits for)] for every
         rule that is not wholly in effect, in config order; only those
         naming one of `names` when given."""
-        def names_any(iif, oifs):
-            return names is None or any(name_matches(p, n) for p in (iif,) + oifs for n in names)
+        def named(iif, oifs):
+            return names is None or names_any(iif, oifs, names)
 
         def waits_for(iif, oifs, size, starved):
             why = [why for _, why in self.missing((iif,) + oifs)]
@@ -1641,13 +1642,13 @@ class Router:
             return why
         found = []
         for key, rule in self.rules.all_exact():
-            if names_any(rule.iif, rule.oifs):
+            if named(rule.iif, rule.oifs):
                 why = waits_for(rule.iif, rule.oifs, len(key) >> 1, key in self.starved)
                 if why:
                     found.append((rule.origin, "mroute", rule.iif) + split_key_text(key)
                                  + (rule.oifs, why))
         for route in self.rules.all_templates():
-            if names_any(route.iif, route.oifs):
+            if named(route.iif, route.oifs):
                 why = waits_for(route.iif, route.oifs, len(route.group.addr),
                                 route.origin in self.vif_problems)
                 if why:
@@ -1655,30 +1656,34 @@ class Router:
                                   route.source and str(route.source), str(route.group),
                                   route.oifs, why))
         for membership in self.memberships.values():
-            if names_any(membership.iif, ()) and not self.ifaces.matching(membership.iif):
+            if named(membership.iif, ()) and not self.ifaces.matching(membership.iif):
                 found.append((membership.origin, "mgroup", membership.iif,
                               membership.source and str(membership.source), str(membership.group),
                               (), [self.why_unusable(membership.iif)]))
         found.sort(key=lambda row: row[0])
         return found
 
-    def waiting_rules(self, names):
-        return {row[0]: row for row in self.pending(names)}
-
-    def report_waiting(self, before, after):
+    def report_waiting(self, names):
+        """Tell which rules naming `names` now wait, or are in effect."""
+        after = {row[0]: row for row in self.pending(names)}
+        before = {origin: row for origin, row in self.waiting.items()
+                  if names_any(row[2], row[5], names)}
         for origin, row in after.items():
-            if before.get(origin, (None,) * 7)[6] != row[6]:
+            if origin not in before or before[origin][6] != row[6]:
                 events.emit(syslog.LOG_NOTICE, "pending", "%s: %s waits for %s"
                             % (self.origins.text(origin), pending_text(row), ", ".join(row[6])))
         for origin, row in before.items():
+            del self.waiting[origin]
             if origin not in after:
                 events.emit(syslog.LOG_NOTICE, "active", "%s: %s is in effect"
                             % (self.origins.text(origin), pending_text(row)))
+        self.waiting.update(after)
 
     def warnings(self):
         """What the config asks for that cannot be done yet, as warnings."""
+        self.waiting = {row[0]: row for row in self.pending()}
         return ["%s: %s waits for %s" % (self.origins.text(row[0]), pending_text(row), ", ".join(row[6]))
-                for row in self.pending()]
+                for row in self.waiting.values()]
 
     # The whole state at once --------------------------------------------
 
@@ -1773,6 +1778,11 @@ class Router:
         return [dict(kind=kind, iif=iif, source=source, group=group, oifs=list(oifs),
                      origin=self.origins.text(origin), waits_for=why)
                 for origin, kind, iif, source, group, oifs, why in self.pending()]
+
+
+def names_any(iif, oifs, names):
+    """Does a rule from `iif` to `oifs` name one of the interfaces `names`?"""
+    return any(name_matches(p, n) for p in (iif,) + tuple(oifs) for n in names)
 
 
 def split_key_text(key):

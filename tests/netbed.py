@@ -123,6 +123,11 @@ class NetBed:
         self.exec(host, "ip", "link", "set", ifname, "up")
         self.exec(peer_host, "ip", "link", "set", peer_ifname, "up")
 
+    def vifs(self, version=4):
+        """{interface: VIF} as the kernel has them in the router."""
+        path = "/proc/net/ip_mr_vif" if version == 4 else "/proc/net/ip6_mr_vif"
+        return {f[1]: int(f[0]) for f in (line.split() for line in self.read("rtr", path).splitlines()[1:])}
+
     def mroutes(self, version=4):
         return self.exec("rtr", "ip", "-%d" % version, "mroute", "show").stdout
 
@@ -137,8 +142,8 @@ class NetBed:
 
     # Traffic -----------------------------------------------------------------
 
-    def receivers(self, port, groups, hosts=("rx1", "rx2")):
-        return Receivers(self, port, groups, hosts)
+    def receivers(self, port, groups, hosts=("rx1", "rx2"), ifname="eth0"):
+        return Receivers(self, port, groups, hosts, ifname)
 
     def send(self, group, port, count=5, ttl=8, source=None, host="snd", ifname="eth0", gap=0.02):
         args = [sys.executable, PEER, "send", ifname, group, str(port), str(count),
@@ -147,11 +152,13 @@ class NetBed:
             args += ["--source", source]
         self.exec(host, *args)
 
-    def traffic(self, groups, count=5, source=None, ttl=8, hosts=("rx1", "rx2"), settle=0.3):
+    def traffic(self, groups, count=5, source=None, ttl=8, hosts=("rx1", "rx2"), settle=0.3,
+                ifname="eth0"):
         """Send `count` packets to each group from `source` (by default
-        snd's first address) and return {host: {group: received}}."""
+        snd's first address) and return {host: {group: received}}, as
+        received on `ifname`."""
         port = new_port()
-        with self.receivers(port, groups, hosts) as receivers:
+        with self.receivers(port, groups, hosts, ifname) as receivers:
             for group in groups:
                 default = SOURCE6 if ":" in group else SOURCE4
                 self.send(group, port, count=count, ttl=ttl, source=source or default)
@@ -162,13 +169,13 @@ class NetBed:
 class Receivers:
     """peer.py recv in each host; counts are read when the block ends."""
 
-    def __init__(self, bed, port, groups, hosts):
+    def __init__(self, bed, port, groups, hosts, ifname):
         self.procs = {}
         self.counts = {}
         for host in hosts:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", bed.ns(host), sys.executable, PEER, "recv",
-                 "eth0", str(port)] + list(groups),
+                 ifname, str(port)] + list(groups),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             self.procs[host] = proc
         for host, proc in self.procs.items():
