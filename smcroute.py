@@ -183,17 +183,19 @@ log = Log()
 
 
 class Events:
-    """What happens to routes, interfaces and VIFs: each event is logged and
-    handed to the listeners (monitor connections, the script hook) as
-    (kind, text, details)."""
+    """What happens to routes, interfaces and VIFs: each event is one line,
+    its kind then what happened ("learned (10.0.0.1, 225.1.2.3) from ..."),
+    logged and handed to the listeners (monitor connections, the script
+    hook) as (kind, line, details)."""
 
     def __init__(self):
         self.listeners = []
 
     def emit(self, prio, kind, text, **details):
-        log.write(prio, text)
+        line = "%s %s" % (kind, text)
+        log.write(prio, line)
         for listener in list(self.listeners):
-            listener(kind, text, details)
+            listener(kind, line, details)
 
 
 events = Events()
@@ -401,8 +403,11 @@ ExactRoute = namedtuple("ExactRoute", "iif oifs origin")
 
 
 def route_text(iif, source, group, oifs):
-    return "%s from %s to %s" % (pairs_text(source, group), iif,
-                                 " ".join(oifs) or "nowhere (stop filter)")
+    return "%s from %s to %s" % (pairs_text(source, group), iif, oifs_text(oifs))
+
+
+def oifs_text(oifs):
+    return " ".join(oifs) or "nowhere (stop filter)"
 
 
 class Rules:
@@ -509,6 +514,13 @@ class Rules:
     def all_templates(self):
         """Templates in config order."""
         return sorted(self.templates[4] + self.templates[16], key=lambda r: r.origin)
+
+    def table(self):
+        """{rule id: oifs} in config order, to compare two Rules; an id is
+        (iif, src+grp) for an exact rule, (iif, source, group) else."""
+        rules = {(rule.iif, key): rule.oifs for key, rule in self.all_exact()}
+        rules.update(((r.iif, r.source, r.group), r.oifs) for r in self.all_templates())
+        return rules
 
     def listing(self):
         """Every rule as (iif, source, group, oifs, origin), in config order."""
@@ -769,7 +781,7 @@ class Mroute:
         self.sock.setsockopt(self.level, MRT_ADD_VIF, self.pack_vif(vif, iface.index, ttl))
         self.vifs[vif] = iface.index
         self.vif_of[iface.index] = vif
-        events.emit(syslog.LOG_INFO, "vif", "%s %d is %s" % (self.vif_name, vif, iface.name))
+        events.emit(syslog.LOG_INFO, self.vif_name, "%d is %s" % (vif, iface.name))
         return vif
 
     def release_vifs(self, keep):
@@ -787,7 +799,7 @@ class Mroute:
                 if self.vif_of.get(index) == vif:
                     del self.vif_of[index]
                 released += 1
-                events.emit(syslog.LOG_INFO, "vif", "%s %d released" % (self.vif_name, vif))
+                events.emit(syslog.LOG_INFO, self.vif_name, "%d released" % vif)
         return released
 
     def forget_vifs(self, present):
@@ -1464,7 +1476,7 @@ class Router:
         src, grp = split_key(key)
         route = self.match(key, iif)
         if route is None:
-            events.emit(syslog.LOG_INFO, "stop", "%s from %s: no rule takes it, stop filter set"
+            events.emit(syslog.LOG_INFO, "stop-filter", "%s from %s: no rule takes it"
                         % (key_text(key), iif.name), source=ntop(src), group=ntop(grp))
             return
         oifs = " ".join(self.vif_names(len(grp), [vif for vif, _ in entry[1]])) or "nowhere"
@@ -1494,7 +1506,7 @@ class Router:
                 stale.append(key)
             learned.seen = valid
         for key in stale:
-            events.emit(syslog.LOG_INFO, "expired", "%s expired" % key_text(key))
+            events.emit(syslog.LOG_INFO, "expired", key_text(key))
         self.forget(stale)
 
     def forget(self, keys):
@@ -1592,16 +1604,15 @@ class Router:
         iface = before or after
         routes = any(iface.index in kernel.vif_of for kernel in self.kernels.values())
         if before is None:
-            text = "interface %s (%d) appeared" % (after.name, after.index)
+            text = "%s (%d) appeared" % (after.name, after.index)
         elif after is None:
-            text = "interface %s (%d) is gone" % (before.name, before.index)
+            text = "%s (%d) is gone" % (before.name, before.index)
         elif before.name != after.name:
-            text = "interface %s (%d) is now %s" % (before.name, before.index, after.name)
+            text = "%s (%d) is now %s" % (before.name, before.index, after.name)
         elif before.up != after.up:
-            text = "interface %s is %s" % (after.name, "up" if after.up else "down")
+            text = "%s is %s" % (after.name, "up" if after.up else "down")
         elif before.multicast != after.multicast:
-            text = "interface %s is %smulticast-capable" % (after.name,
-                                                           "" if after.multicast else "no longer ")
+            text = "%s is %smulticast-capable" % (after.name, "" if after.multicast else "no longer ")
         else:
             return
         events.emit(syslog.LOG_NOTICE if routes else syslog.LOG_INFO, "interface", text)
@@ -1715,6 +1726,32 @@ class Router:
             log.warning(warning)
         return warnings + problems
 
+    def changes(self, config):
+        """What loading `config` would change, as lines: + added, - removed,
+        ~ changed; nothing is applied."""
+        lines = []
+        old, new = self.rules.table(), config.rules.table()
+        for rule, oifs in new.items():
+            if rule not in old:
+                lines.append("+ mroute %s to %s" % (rule_id_text(rule), oifs_text(oifs)))
+            elif old[rule] != oifs:
+                lines.append("~ mroute %s: outputs %s" % (rule_id_text(rule),
+                                                          list_changes(old[rule], oifs)))
+        lines += ["- mroute %s to %s" % (rule_id_text(rule), oifs_text(oifs))
+                  for rule, oifs in old.items() if rule not in new]
+        lines += ["+ mgroup %s" % m for key, m in config.memberships.items()
+                  if key not in self.memberships]
+        lines += ["- mgroup %s" % m for key, m in self.memberships.items()
+                  if key not in config.memberships]
+        for name, phyint in config.phyints.items():
+            before = self.phyints.get(name)
+            if before is None:
+                lines.append("+ phyint " + phyint_text(phyint))
+            elif before[:4] != phyint[:4]:
+                lines.append("~ phyint %s, was %s" % (phyint_text(phyint), phyint_text(before)))
+        lines += ["- phyint " + phyint_text(p) for n, p in self.phyints.items() if n not in config.phyints]
+        return lines
+
     # Reports -------------------------------------------------------------
 
     def vif_names(self, size, vifs):
@@ -1778,6 +1815,26 @@ class Router:
         return [dict(kind=kind, iif=iif, source=source, group=group, oifs=list(oifs),
                      origin=self.origins.text(origin), waits_for=why)
                 for origin, kind, iif, source, group, oifs, why in self.pending()]
+
+
+def rule_id_text(rule):
+    """A Rules.table() id as text: (S, G) from IIF."""
+    if len(rule) == 2:
+        iif, key = rule
+        source, group = split_key_text(key)
+    else:
+        iif, source, group = rule
+    return "%s from %s" % (pairs_text(source, group), iif)
+
+
+def list_changes(old, new):
+    return " ".join(["+" + name for name in new if name not in old]
+                    + ["-" + name for name in old if name not in new])
+
+
+def phyint_text(phyint):
+    return "%s %s ttl-threshold %d%s" % (phyint.name, "enable" if phyint.enabled else "disable",
+                                         phyint.ttl, " mrdisc" if phyint.mrdisc else "")
 
 
 def names_any(iif, oifs, names):
@@ -1914,6 +1971,7 @@ class Periodic:
 
 MAX_LINE = 1024             # bytes in one command line
 MAX_CLIENTS = 64
+MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
 
 
 class CommandError(Exception):
@@ -1962,6 +2020,8 @@ class Control:
         "                                          show state, with counters",
         "flush                                     drop learned routes now",
         "reload                                    re-read the config file",
+        "check [FILE]                              what a reload of FILE would change",
+        "monitor                                   turn this connection into an event stream",
         "kill                                      stop the daemon",
         "version                                   print the version",
         "help                                      this list",
@@ -1982,17 +2042,20 @@ class Control:
         self.commands = {"add": self.add, "del": self.delete, "remove": self.delete,
                          "join": self.join, "leave": self.leave, "show": self.show,
                          "flush": self.flush, "reload": self.reload, "kill": self.kill,
+                         "check": self.check, "monitor": self.monitor,
                          "version": self.version, "help": self.help}
 
-    def execute(self, line):
-        """Run one command line; returns its reply lines, the last being
-        `ok` or `error: ...`."""
+    def execute(self, line, client):
+        """Run one command line for `client`; returns its reply lines, the
+        last being `ok` or `error: ...`."""
         words = line.split()
         try:
             command = self.commands.get(words[0].lower())
             if command is None:
                 raise CommandError("unknown command %r, try 'help'" % words[0])
             self.daemon.read_interface_events()     # a command sees every change made before it
+            if command == self.monitor:
+                return self.monitor(client) + ["ok"]
             return command(words[1:]) + ["ok"]
         except CommandError as exc:
             return ["error: %s" % exc]
@@ -2067,6 +2130,22 @@ class Control:
         self.daemon.running = False
         return []
 
+    def check(self, args):
+        """Check FILE (by default the config file) and tell what a reload of
+        it would change, without applying anything."""
+        if len(args) > 1:
+            raise CommandError("usage: check [FILE]")
+        path = args[0] if args else self.daemon.options.config
+        config = read_config(path)
+        if config.errors:
+            raise CommandError("%d errors in %s, a reload would be refused: %s"
+                               % (len(config.errors), path, "; ".join(config.errors)))
+        return self.router.changes(config) or ["no changes"]
+
+    def monitor(self, client):
+        client.monitor()
+        return []
+
     def version(self, args):
         return ["smcroute.py %s" % VERSION]
 
@@ -2085,6 +2164,8 @@ class Client:
         self.outbuf = bytearray()
         self.discarding = False     # inside a line that was too long
         self.eof = False
+        self.monitoring = False     # events stream out, input is ignored
+        self.closing = False        # close once the output is sent
 
     def on_event(self, mask):
         if mask & selectors.EVENT_WRITE:
@@ -2107,6 +2188,11 @@ class Client:
 
     def process(self):
         """Answer the complete lines received, while replies go out."""
+        if self.monitoring:
+            del self.inbuf[:]
+            if self.eof:
+                self.close()
+            return
         while self.sock is not None and not self.outbuf:
             end = self.inbuf.find(b"\n")
             if end < 0:
@@ -2127,7 +2213,7 @@ class Client:
             else:
                 text = line.decode("utf-8", "replace").strip()
                 if text and not text.startswith("#"):
-                    self.reply(self.server.control.execute(text))
+                    self.reply(self.server.control.execute(text, self))
 
     def too_long(self):
         """Answer a line that never ends once, and skip it up to its newline."""
@@ -2148,6 +2234,25 @@ class Client:
         except OSError:
             return self.close()
         del self.outbuf[:sent]
+        if self.closing and not self.outbuf:
+            self.close()
+
+    def monitor(self):
+        self.monitoring = True
+        self.server.monitors.add(self)
+
+    def event(self, line):
+        """One event for a monitor: a monitor that does not keep up never
+        slows the daemon down; past MONITOR_BUFFER it is told and dropped."""
+        if self.closing:
+            return
+        if len(self.outbuf) + len(line) > MONITOR_BUFFER:
+            line = "error: events dropped: this monitor did not keep up\n"
+            self.closing = True
+        self.outbuf += line.encode()
+        self.flush()
+        if self.sock is not None:
+            self.server.watch(self)
 
     def close(self):
         if self.sock is not None:
@@ -2177,8 +2282,14 @@ class ControlServer:
         self.selector = selector
         self.control = control
         self.clients = set()
+        self.monitors = set()
         self.sock = self._bind(path)
         selector.register(self.sock, selectors.EVENT_READ, self.accept)
+        events.listeners.append(self.broadcast)
+
+    def broadcast(self, kind, line, details):
+        for client in list(self.monitors):
+            client.event(line + "\n")
 
     @staticmethod
     def _bind(path):
@@ -2221,9 +2332,11 @@ class ControlServer:
 
     def forget(self, client):
         self.clients.discard(client)
+        self.monitors.discard(client)
         self.selector.unregister(client.sock)
 
     def close(self):
+        events.listeners.remove(self.broadcast)
         for client in list(self.clients):
             if client.outbuf:
                 client.flush()
@@ -2308,7 +2421,7 @@ class Daemon:
         if changes:
             self.router.interfaces_changed(changes)
 
-    def on_event(self, kind, text, details):
+    def on_event(self, kind, line, details):
         if kind == "learned" and self.script:
             self.script.run("install", source=details["source"], group=details["group"])
 
@@ -2356,8 +2469,7 @@ class Daemon:
                 os.utime(self.options.pidfile)      # tells supervisors such as Finit
             except OSError as exc:
                 log.warning("cannot touch %s: %s" % (self.options.pidfile, describe(exc)))
-        events.emit(syslog.LOG_NOTICE, "reload", "reloaded %s: %s" % (self.options.config,
-                                                                       self.status()))
+        events.emit(syslog.LOG_NOTICE, "reload", "%s: %s" % (self.options.config, self.status()))
         if self.script:
             self.script.run("reload")
         return ["warning: " + p for p in problems]
@@ -2541,22 +2653,43 @@ def run_client(options):
     return EX_OK
 
 
-def check_config(path):
+def check_config(path, socket_path):
+    """Print a config file's problems; when a daemon answers on
+    `socket_path`, also what a reload of the file would change there."""
     config = read_config(path)
     for problem in config.errors:
         print("error: " + problem)
     for problem in config.warnings:
         print("warning: " + problem)
-    return EX_CONFIG if config.errors else EX_OK
+    if config.errors:
+        return EX_CONFIG
+    try:
+        lines, final = send_command(socket_path, ["check", os.path.abspath(path)])
+    except OSError:
+        return EX_OK                # no daemon: nothing to compare with
+    if final == "ok":
+        print("a reload of %s would change, in the daemon at %s:" % (path, socket_path))
+        for line in lines:
+            print("  " + line)
+    return EX_OK
 
 
 SYSLOG_SOCKET = "/dev/log"
 
 
+def syslog_listens():
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(SYSLOG_SOCKET)
+        except OSError:
+            return False
+    return True
+
+
 def warn_without_syslog():
     """Logging to syslog where nothing listens (a container, a minimal
     system) loses every message: say so while a terminal still sees it."""
-    if not os.path.exists(SYSLOG_SOCKET):
+    if not syslog_listens():
         sys.stderr.write("%s: warning: nothing listens on %s, so the daemon's log messages will "
                          "be lost; run it in the foreground without -s to see them\n"
                          % (log.ident, SYSLOG_SOCKET))
@@ -2631,7 +2764,7 @@ def main(argv=None):
         print("smcroute.py %s" % VERSION)
         return EX_OK
     if options.check is not None:
-        return check_config(options.check)
+        return check_config(options.check, options.socket)
     if options.command is not None:
         return run_client(options)
     return run_daemon(options)

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,12 +56,14 @@ FLOOD_TEMPLATE = "227.0.0.0/8"  # (*,G) template for the flood
 FLOOD_SOURCES = "10.128.0.0"    # forged sources, one per new flow
 FLOOD_GROUPS = "227.1.0.0"
 PORT = 5000
+FIRST_PACKET_RULES = (10, 1000, 10000)
 
 SIOCGETSGCNT = 0x89E1
 SG_COUNTERS = bytes(24)         # struct sioc_sg_req '@4s4sLLL' after src and grp
 SO_TIMESTAMPNS = 35
 SO_RCVBUFFORCE = 33
 CLONE_NEWNET = 0x40000000
+PR_SET_TIMERSLACK = 29
 LIBC = ctypes.CDLL(None, use_errno=True)
 
 POLL = 0.0005                   # how often the kernel is asked for the last route
@@ -559,12 +562,33 @@ def flood_frame(source, group, number):
     return mac + b"\x02\x00\x00\x00\x00\x01" + b"\x08\x00" + header + udp
 
 
+def send_paced(sock, frames, rate):
+    """Send the frames `1 / rate` s apart; after a delay, catch up at no
+    more than twice the rate.  (started, ended)."""
+    # Sleep most of each gap (with no timer slack a sleep ends ~20 us late,
+    # not ~80), spin the rest: exact enough, and it leaves the CPU to the
+    # daemon.  Higher priority, so that the sender is seldom preempted.
+    LIBC.prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    os.nice(-10)
+    interval = 1 / rate
+    started = due = time.perf_counter()
+    for frame in frames:
+        ahead = due - time.perf_counter()
+        if ahead > 0.00006:
+            time.sleep(ahead - 0.00004)
+        while time.perf_counter() < due:
+            pass
+        sock.send(frame)
+        due = max(due + interval, time.perf_counter() + interval / 2)
+    return started, time.perf_counter()
+
+
 class Flood:
     """A child process in snd that sends one packet for each new (S,G) flow,
     evenly spaced at `rate` flows a second, through an AF_PACKET socket so
-    that the sources can be forged.  It never catches up in bursts: a burst
-    would overflow the kernel's queue of unresolved entries (10) whatever
-    the daemon does."""
+    that the sources can be forged.  Never in bursts: a burst would
+    overflow the kernel's queue of unresolved entries (10) whatever the
+    daemon does."""
 
     def __init__(self, bed, pairs, rate):
         frames = [flood_frame(source, group, n) for n, (source, group) in enumerate(pairs)]
@@ -578,16 +602,9 @@ class Flood:
             try:
                 os.close(self.go)
                 os.close(self.done)
-                if not os.read(go_read, 1):
-                    os._exit(0)     # closed without a go
-                started = time.perf_counter()
-                due, interval = started, 1 / rate
-                for frame in frames:
-                    while time.perf_counter() < due:
-                        pass
-                    sock.send(frame)
-                    due = max(due + interval, time.perf_counter())
-                os.write(done_write, struct.pack("dd", started, time.perf_counter()))
+                if os.read(go_read, 1):     # nothing: closed without a go
+                    times = send_paced(sock, frames, rate)
+                    os.write(done_write, struct.pack("dd", *times))
             finally:
                 os._exit(0)
         sock.close()
@@ -627,8 +644,17 @@ class Recorder:
     def timed_out(self, figure):
         self.results["timeouts"].setdefault(figure, {})[self.kind] = self.limit
 
+    def not_reached(self, *figures):
+        for figure in figures:
+            self.results["unreached"].setdefault(figure, {})[self.kind] = True
+
+
+RELOAD_FIGURES = ("reload.%d", "lost.%d", "gap.reload.%d", "rss.reloaded.%d")
+
 
 class Bench:
+    """The test bed, the kernel lookups, and one method per kind of session."""
+
     def __init__(self, args, bed, workdir):
         self.args, self.bed, self.workdir = args, bed, workdir
         self.timeout = args.c_timeout
@@ -682,8 +708,9 @@ class Bench:
         with self.daemon(kind, config, keys) as (daemon, prober):
             done = self.start(daemon, keys)
             if done is None:
-                for figure in ("start.%d" % size, "gap.start.%d" % size, "rss.ready.%d" % size):
-                    rec.timed_out(figure)
+                for figure in ("start.%d", "gap.start.%d", "rss.ready.%d"):
+                    rec.timed_out(figure % size)
+                rec.not_reached(*(figure % size for figure in RELOAD_FIGURES))
                 return False
             rec.add("rss.ready.%d" % size, daemon.memory())
             if not size:
@@ -693,7 +720,7 @@ class Bench:
             return self.reloads(kind, size, daemon, prober, rec)
 
     def reloads(self, kind, size, daemon, prober, rec):
-        flow = Flow(self.bed, pairs_group(0))
+        flow = Flow(self.bed, address(ROUTE_GROUPS, 0))    # through the first configured route
         flow.start()
         time.sleep(0.1)
         gaps, completed = [], True
@@ -704,6 +731,7 @@ class Bench:
                 if done is None:
                     rec.timed_out("reload.%d" % size)
                     rec.timed_out("gap.reload.%d" % size)
+                    rec.not_reached("lost.%d" % size, "rss.reloaded.%d" % size)
                     completed = False
                     break
                 rec.add("reload.%d" % size, done - hup)
@@ -810,13 +838,10 @@ class Bench:
                 rec.add("learned", 100.0 * learned / count)
                 rec.add("flood.answer", prober.slowest_answer(started, ended + SETTLE))
                 rec.add("flood.rate", count / (ended - started))
+                rec.add("flood.log_lines", len(daemon.log))
         finally:
             flood.close()
         return True
-
-
-def pairs_group(n):
-    return address(ROUTE_GROUPS, n)
 
 
 def median_of_received(delays):
@@ -871,10 +896,16 @@ def run_sessions(name, runs, kinds, session, results, limit):
             if kind.name in given_up:
                 continue
             print("  %s: run %d/%d, %s" % (name, run + 1, runs, kind.name), file=sys.stderr, flush=True)
-            if not session(kind, run, Recorder(results, kind, limit)):
+            try:
+                completed = session(kind, run, Recorder(results, kind, limit))
+                why = "timed out after %g s" % limit
+            except Exception as exc:    # one broken run should not cost the others
+                traceback.print_exc()
+                completed, why = False, "failed (%s)" % exc
+            if not completed:
                 given_up.add(kind.name)
-                results["notes"].append("%s, %s: timed out after %g s in run %d; not run again"
-                                        % (name, kind.name, limit, run + 1))
+                results["notes"].append("%s, %s: %s in run %d; not run again"
+                                        % (name, kind.name, why, run + 1))
 
 
 def measure(args, bench, kinds, results):
@@ -890,7 +921,7 @@ def measure(args, bench, kinds, results):
         run_sessions("add 1k", args.runs, [py, c], lambda kind, run, rec: bench.adds(kind, rec),
                      results, limit)
     if "first" in args.only:
-        for rules in (10, 1000, 10000):
+        for rules in FIRST_PACKET_RULES:
             run_sessions("first packet %s" % size_text(rules), args.runs, [py, c],
                          lambda kind, run, rec, rules=rules: bench.first_packet(kind, rules, run, rec),
                          results, limit)
@@ -931,13 +962,15 @@ UNITS = {
 
 
 class Row:
-    """One figure: `ratio` is "c/py" (times: how many times faster
-    smcroute.py is), "py/c" (memory, share learned) or None."""
+    """One line of the table.  `ratio`: "c/py" for times (how many times
+    faster smcroute.py is), "py/c" for memory and the share learned, or
+    None; `field` picks one number out of a dict sample; `per_run` is how
+    many samples a run gives."""
 
     def __init__(self, key, label, unit, target=None, ratio="c/py", pyz=False, field=None, per_run=1):
         self.key, self.label, self.unit = key, label, unit
-        self.target, self.ratio, self.pyz, self.field = target, ratio, pyz, field
-        self.per_run = per_run      # samples a run gives
+        self.target, self.ratio, self.pyz = target, ratio, pyz
+        self.field, self.per_run = field, per_run
 
     def values(self, results, kind):
         values = results["samples"].get(self.key, {}).get(kind, [])
@@ -950,21 +983,21 @@ class Row:
         return statistics.median(values) if values else None
 
     def cell(self, results, kind, runs):
-        limit = results["timeouts"].get(self.key, {}).get(kind)
         values = self.values(results, kind)
-        if not values:
-            return "> %g s (timeout)" % limit if limit else "—"
-        text = UNITS[self.unit](statistics.median(values))
-        if len(values) < runs * self.per_run:
-            text += " (n=%d)" % len(values)
-        return text
+        if values:
+            text = UNITS[self.unit](statistics.median(values))
+            return text + (" (n=%d)" % len(values) if len(values) < runs * self.per_run else "")
+        if kind in results["timeouts"].get(self.key, {}):
+            limit = results["timeouts"][self.key][kind]
+            return "> %g s (timeout)" % limit if self.unit == "s" else "timeout"
+        if kind in results["unreached"].get(self.key, {}):
+            return "not reached"
+        return "—"
 
     def target_text(self):
         if self.target is None:
             return "—"
         op, value = self.target
-        if self.unit == "s":
-            return "%s %s" % (op, seconds_text(value))
         if self.unit == "MB":
             return "%s %g MB" % (op, value)
         return "%s %s" % (op, UNITS[self.unit](value))
@@ -982,15 +1015,13 @@ class Row:
         return "yes" if good else "NO"
 
     def ratio_text(self, results, py, c):
-        if self.ratio is None:
-            return "—"
         mine, theirs = self.median(results, py), self.median(results, c)
-        limit = results["timeouts"].get(self.key, {}).get(c)
-        if mine is None or mine == 0:
+        if self.ratio is None or not mine:
             return "—"
         if theirs is None:
+            limit = results["timeouts"].get(self.key, {}).get(c)
             return "> %.0f×" % (limit / mine) if limit and self.ratio == "c/py" else "—"
-        if theirs == 0:
+        if not theirs:
             return "—"
         ratio = theirs / mine if self.ratio == "c/py" else mine / theirs
         return ("%.1f×" if ratio < 10 else "%.0f×") % ratio
@@ -1000,56 +1031,51 @@ def at_most(value):
     return None if value is None else ("≤", value)
 
 
-def table_rows(args):
-    rows = [Row("rss.ready.0", "1 RSS idle", "MB", ("≤", 10.5), "py/c", True, "rss")]
-    rss_targets = {10000: (14, 16), 100000: (45, 60)}
+RSS_TARGETS = {10000: (14, 16), 100000: (45, 60)}      # MB at ready, after the reloads
+START_TARGETS = {10000: 0.12, 100000: 1.0}
+RELOAD_TARGETS = {10000: 0.1, 100000: 1.0}
+STALL_TARGET = 0.05                                     # for 100k and more
+
+
+def scale_rows(args):
+    rows = [Row("rss.ready.0", "1 RSS idle", "MB", at_most(10.5), "py/c", True, "rss")]
     for size in args.sizes:
-        ready, reloaded = rss_targets.get(size, (None, None))
-        n = size_text(size)
-        rows += [Row("rss.ready.%d" % size, "%s RSS, %s (S,G), at ready" % (2 if size <= 10000 else 3, n),
+        figure, n = 2 if size <= 10000 else 3, size_text(size)
+        ready, reloaded = RSS_TARGETS.get(size, (None, None))
+        rows += [Row("rss.ready.%d" % size, "%d RSS, %s (S,G), at ready" % (figure, n),
                      "MB", at_most(ready), "py/c", True, "rss"),
-                 Row("rss.reloaded.%d" % size, "%s RSS, %s (S,G), after %d reloads"
-                     % (2 if size <= 10000 else 3, n, args.reloads),
-                     "MB", at_most(reloaded), "py/c", True, "rss")]
-    start_targets, reload_targets = {10000: 0.12, 100000: 1.0}, {10000: 0.1, 100000: 1.0}
+                 Row("rss.reloaded.%d" % size, "%d RSS, %s (S,G), after %d reloads"
+                     % (figure, n, args.reloads), "MB", at_most(reloaded), "py/c", True, "rss")]
     rows += [Row("start.%d" % size, "4 start -> %s routes in the kernel" % size_text(size), "s",
-                 at_most(start_targets.get(size))) for size in args.sizes]
+                 at_most(START_TARGETS.get(size))) for size in args.sizes]
     for size in args.sizes:
-        rows += [Row("reload.%d" % size, "5 reload (SIGHUP), %s unchanged" % size_text(size), "s",
-                     at_most(reload_targets.get(size)), per_run=args.reloads),
+        n = size_text(size)
+        rows += [Row("reload.%d" % size, "5 reload (SIGHUP), %s unchanged" % n, "s",
+                     at_most(RELOAD_TARGETS.get(size)), per_run=args.reloads),
                  Row("lost.%d" % size, "5 packets lost, unchanged (S,G) at 1k/s, %d reloads of %s"
-                     % (args.reloads, size_text(size)), "packets", ("=", 0), None)]
+                     % (args.reloads, n), "packets", ("=", 0), None)]
     for size in args.sizes:
-        target = at_most(0.05) if size >= 100000 else None
-        rows += [Row("gap.start.%d" % size, "6 longest loop stall, start on %s" % size_text(size), "s", target),
-                 Row("gap.reload.%d" % size, "6 longest loop stall, reload of %s" % size_text(size), "s", target)]
-    rows += [Row("add.batch", "7 add 1k on 10k: py 1 connection, C smcroutectl -b (per route)", "s",
-                 ("≤", 30e-6)),
-             Row("add.process", "7 add 1k on 10k: one smcroutectl each (C, reference)", "s", None, None)]
-    for rules in (10, 1000, 10000):
-        rows.append(Row("first.%d" % rules, "8 (*,G) first packet -> forwarded, %s rules" % size_text(rules),
-                        "s", ("≤", 0.0003)))
-    rows.append(Row("next.10", "8 next packet, (S,G) in the kernel (reference)", "s", None))
-    rows += [Row("learned", "9 new (*,G) flows learned at %s/s" % size_text(int(args.flood_rate)), "%",
-                 ("≥", 95), "py/c"),
-             Row("flood.answer", "9 slowest control answer during the flood", "s", ("≤", 0.05))]
-    return [row for row in rows if row.key in row_keys_measured(args)]
+        n, target = size_text(size), at_most(STALL_TARGET) if size >= 100000 else None
+        rows += [Row("gap.start.%d" % size, "6 longest no answer, start on %s" % n, "s", target),
+                 Row("gap.reload.%d" % size, "6 longest no answer, reload of %s" % n, "s", target)]
+    return rows
 
 
-def row_keys_measured(args):
-    keys = set()
-    if "scale" in args.only:
-        keys.add("rss.ready.0")
-        for size in args.sizes:
-            keys.update(k % size for k in ("rss.ready.%d", "rss.reloaded.%d", "start.%d", "reload.%d",
-                                           "lost.%d", "gap.start.%d", "gap.reload.%d"))
+def table_rows(args):
+    rows = scale_rows(args) if "scale" in args.only else []
     if "add" in args.only:
-        keys.update(("add.batch", "add.process"))
+        rows += [Row("add.batch", "7 add 1k on 10k: py 1 connection, C smcroutectl -b (per route)", "s",
+                     at_most(30e-6)),
+                 Row("add.process", "7 add 1k on 10k: one smcroutectl each (C, reference)", "s", None, None)]
     if "first" in args.only:
-        keys.update(("first.10", "first.1000", "first.10000", "next.10"))
+        rows += [Row("first.%d" % rules, "8 (*,G) first packet -> forwarded, %s rules" % size_text(rules),
+                     "s", at_most(0.0003)) for rules in FIRST_PACKET_RULES]
+        rows.append(Row("next.10", "8 next packet, (S,G) in the kernel (reference)", "s"))
     if "flood" in args.only:
-        keys.update(("learned", "flood.answer"))
-    return keys
+        rows += [Row("learned", "9 new (*,G) flows learned at %s/s" % size_text(int(args.flood_rate)), "%",
+                     ("≥", 95), "py/c"),
+                 Row("flood.answer", "9 slowest control answer during the flood", "s", at_most(0.05))]
+    return rows
 
 
 def print_table(args, results, kinds):
@@ -1075,30 +1101,34 @@ def print_table(args, results, kinds):
 
 
 def print_notes(args, results):
+    samples = results["samples"]
     print()
-    print("ratio: C / smcroute.py for times (how many times faster smcroute.py is);")
-    print("       smcroute.py / C for memory and for the share of flows learned.")
-    print("Medians of %d runs per daemon, interleaved; (n=N) marks a cell with fewer samples;" % args.runs)
-    print("  reload times are the median of every reload (%d per run)." % args.reloads)
-    print("3/4: time from exec to the last configured route answering SIOCGETSGCNT (both daemons).")
-    print("6: a client asks a cheap question every %g ms, one connection each (smcroute.py: version;"
-          % (args.probe_interval * 1e3))
-    print("   C: show groups); the stall is the longest time without an answer, from the first connect")
-    print("   (start) or the SIGHUP (reload) to the end of the work; per run the worst of its reloads.")
-    print("8: one template (%s) and N-1 (S,G) routes; 10 fresh groups a run; send time vs." % FRESH_TEMPLATE)
-    print("   the receiver's kernel time stamp (SO_TIMESTAMPNS).")
-    print("9: %d new (S,G) flows (forged sources), one packet each, evenly spaced; learned = in the kernel"
-          % int(args.flood_rate * args.flood_seconds))
-    print("   %g s after the flood.  Achieved rate: %s." % (SETTLE, ", ".join(
-        "%s %.0f/s" % (kind, statistics.median(v))
-        for kind, v in results["samples"].get("flood.rate", {}).items())))
-    lost = {kind: sum(v) for kind, v in results["samples"].get("first-lost.10", {}).items()}
-    for rules in (1000, 10000):
-        for kind, v in results["samples"].get("first-lost.%d" % rules, {}).items():
-            lost[kind] = lost.get(kind, 0) + sum(v)
-    if any(lost.values()):
-        print("8: first packets never forwarded (left out of the medians): %s"
-              % ", ".join("%s %d" % item for item in lost.items()))
+    print("ratio: C / smcroute.py for times (how many times faster smcroute.py is), smcroute.py / C")
+    print("  for memory and for the share learned.  Medians of %d runs per daemon, interleaved;" % args.runs)
+    print("  (n=N): fewer samples.  MB = MiB of VmRSS.")
+    if "scale" in args.only:
+        print("1-6: configs of (S,G) routes, two phyint lines first.  4: exec to the last route answering")
+        print("  SIOCGETSGCNT.  5: every reload counts (%d a run); its end is the daemon's log line."
+              % args.reloads)
+        print("6: a client asks a cheap question every %g ms on a fresh connection (smcroute.py: version,"
+              % (args.probe_interval * 1e3))
+        print("  C: show groups); the longest time without an answer, from the first connect (start) or")
+        print("  the SIGHUP (reload) to the end of the work; for reloads the worst of each run.")
+    if "first" in args.only:
+        print("8: one template (%s) and N-1 (S,G) routes; a run's median of 10 fresh groups: send time"
+              % FRESH_TEMPLATE)
+        print("  in snd vs. the kernel's arrival stamp in rx (SO_TIMESTAMPNS, the same clock).")
+        lost = sum(sum(v) for rules in FIRST_PACKET_RULES
+                   for v in samples.get("first-lost.%d" % rules, {}).values())
+        if lost:
+            print("  First packets never forwarded, left out: %d." % lost)
+    if "flood" in args.only:
+        rates = ", ".join("%s %.0f/s" % (kind, statistics.median(v))
+                          for kind, v in samples.get("flood.rate", {}).items())
+        print("9: %d new (S,G) flows from forged sources, one packet each, evenly spaced"
+              % int(args.flood_rate * args.flood_seconds))
+        print("  (achieved: %s); learned = in the kernel %g s after the flood; answers as in 6."
+              % (rates, SETTLE))
     for note in results["notes"]:
         print("note: " + note)
 
@@ -1165,14 +1195,19 @@ def parse_size(text):
     return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
 
 
+FULL = {"runs": 5, "reloads": 5, "sizes": "10k,100k", "c_timeout": 120, "flood_seconds": 2}
+QUICK = {"runs": 3, "reloads": 1, "sizes": "10k", "c_timeout": 60, "flood_seconds": 1}
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a short run: --runs 3 --reloads 1 --sizes 10k --c-timeout 60 --flood-seconds 1")
-    parser.add_argument("--runs", type=int, default=5, help="runs per daemon and figure (default 5)")
-    parser.add_argument("--sizes", default="10k,100k", help="route counts for figures 2-6 (default 10k,100k)")
-    parser.add_argument("--reloads", type=int, default=5, help="reloads per run (default 5)")
-    parser.add_argument("--c-timeout", "--timeout", type=float, default=120, dest="c_timeout",
+                        help="a short run: %s" % " ".join("--%s %s" % (name.replace("_", "-"), value)
+                                                         for name, value in QUICK.items()))
+    parser.add_argument("--runs", type=int, help="runs per daemon and figure (default 5)")
+    parser.add_argument("--sizes", help="route counts for figures 2-6 (default 10k,100k)")
+    parser.add_argument("--reloads", type=int, help="reloads per run (default 5)")
+    parser.add_argument("--c-timeout", "--timeout", type=float, dest="c_timeout",
                         help="seconds any one measurement may take, for either daemon (default 120)")
     parser.add_argument("--only", default="scale,add,first,flood",
                         help="session groups: scale (1-6), add (7), first (8), flood (9)")
@@ -1180,15 +1215,12 @@ def parse_args(argv):
     parser.add_argument("--probe-interval", type=float, default=0.005,
                         help="seconds between control-socket questions (default 0.005)")
     parser.add_argument("--flood-rate", type=float, default=10000, help="new flows a second (default 10000)")
-    parser.add_argument("--flood-seconds", type=float, default=2, help="length of the flood (default 2)")
+    parser.add_argument("--flood-seconds", type=float, help="length of the flood (default 2)")
     parser.add_argument("--json", metavar="FILE", help="save the raw numbers")
     args = parser.parse_args(argv)
-    if args.quick:
-        defaults = {"runs": 5, "reloads": 5, "sizes": "10k,100k", "c_timeout": 120, "flood_seconds": 2}
-        quick = {"runs": 3, "reloads": 1, "sizes": "10k", "c_timeout": 60, "flood_seconds": 1}
-        for name, value in quick.items():
-            if getattr(args, name) == defaults[name]:
-                setattr(args, name, value)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     args.sizes = [parse_size(size) for size in args.sizes.split(",") if size.strip()]
     args.only = set(args.only.split(","))
     unknown = args.only - {"scale", "add", "first", "flood"}
@@ -1203,7 +1235,7 @@ def main(argv=None):
         sys.exit("compare.py: run as root (network namespaces, multicast routing)")
     began = time.monotonic()
     c_version = ensure_smcrouted()
-    results = {"samples": {}, "timeouts": {}, "notes": [], "options": vars(args).copy()}
+    results = {"samples": {}, "timeouts": {}, "unreached": {}, "notes": [], "options": vars(args).copy()}
     results["options"]["only"] = sorted(args.only)
     workdir = tempfile.mkdtemp(prefix="smcroute-bench-")
     bed = bench = None
@@ -1216,6 +1248,8 @@ def main(argv=None):
         bed = Bed()
         bench = Bench(args, bed, workdir)
         measure(args, bench, kinds, results)
+    except KeyboardInterrupt:
+        results["notes"].append("interrupted: the table has what was measured until then")
     finally:
         for proc in list(STARTED):
             proc.kill()

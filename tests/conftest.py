@@ -33,8 +33,8 @@ def start(bed, tmp_path, request):
     the test it is stopped, and must exit with its expected_status."""
     daemons = request.node.daemons = []
 
-    def start(config="", *args, wait=True):
-        daemon = Daemon(bed, config, args, workdir=str(tmp_path / str(len(daemons))))
+    def start(config="", *args, wait=True, **options):
+        daemon = Daemon(bed, config, args, workdir=str(tmp_path / str(len(daemons))), **options)
         daemons.append(daemon)
         return daemon.start(wait=wait)
 

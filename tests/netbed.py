@@ -192,11 +192,13 @@ class Receivers:
 
 
 class Daemon:
-    """smcroute.py running in the router namespace."""
+    """smcroute.py running in the router namespace.  `patch` sets module
+    constants first (a test needs a script timeout of a second, not a
+    minute), `env` adds to its environment."""
 
     expected_status = 0
 
-    def __init__(self, bed, config="", args=(), workdir=None):
+    def __init__(self, bed, config="", args=(), workdir=None, patch=None, env=None):
         self.bed = bed
         self.dir = workdir or tempfile.mkdtemp(prefix="smcroute-test-")
         os.makedirs(self.dir, exist_ok=True)
@@ -207,21 +209,28 @@ class Daemon:
         self.write_config(config)
         self.proc = None
         self.args = list(args)
+        self.patch = patch or {}
+        self.env = dict(os.environ, **(env or {}))
 
     def write_config(self, text):
         with open(self.config, "w") as conf:
             conf.write(text)
 
     def command_line(self, *extra):
-        return ["ip", "netns", "exec", self.bed.ns("rtr"), sys.executable, DAEMON,
-                "-u", self.socket] + list(extra)
+        program = [DAEMON]
+        if self.patch:
+            program = ["-c", "import sys; sys.path.insert(0, %r); import smcroute; "
+                             "smcroute.__dict__.update(%r); sys.exit(smcroute.main())"
+                       % (os.path.dirname(DAEMON), self.patch)]
+        return ["ip", "netns", "exec", self.bed.ns("rtr"), sys.executable] + program + \
+            ["-u", self.socket] + list(extra)
 
     def start(self, wait=True):
         with open(self.logfile, "a") as log:
             self.proc = subprocess.Popen(
                 self.command_line("-n", "-f", self.config, "-P", self.pidfile,
                                   "--log-level", "debug", *self.args),
-                stdout=log, stderr=log)
+                stdout=log, stderr=log, env=self.env)
         if wait:
             self.wait_ready()
         return self

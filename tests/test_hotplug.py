@@ -82,7 +82,8 @@ def test_a_new_interface_takes_effect_within_a_second(bed, start, links):
     assert daemon.show("pending") == []
     counts = bed.traffic(["225.1.2.3"], hosts=("rx2",), ifname="c1")
     assert reached(counts, "225.1.2.3") == {"rx2"}
-    assert "mroute (10.0.0.1, 225.1.2.3) from a1 to b1 c1 is in effect" in daemon.log()
+    assert "active %s:1: mroute (10.0.0.1, 225.1.2.3) from a1 to b1 c1 is in effect" % daemon.config \
+        in daemon.log()
 
 
 def test_a_deleted_interface_frees_its_vif_and_its_rules_wait_again(bed, start, links):

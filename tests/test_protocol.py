@@ -10,7 +10,7 @@ from smcroute import MAX_LINE, Client, CommandError, split_source_group
 
 
 class Echo:
-    def execute(self, line):
+    def execute(self, line, client):
         return ["you said " + line, "ok"]
 
 
@@ -21,6 +21,7 @@ class Server:
         self.control = Echo()
         self.events = None
         self.forgotten = False
+        self.monitors = set()
 
     def watch(self, client):
         self.events = selectors.EVENT_WRITE if client.outbuf else selectors.EVENT_READ
