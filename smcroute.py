@@ -12,8 +12,8 @@ Standard library only.
 
 The module is laid out in sections, in the order data flows:
 constants and kernel ABI, logging and events, config, kernel/MFC, group
-joins, interfaces and their events, routing state, supervision (script hook,
-systemd), IPC, daemon loop, CLI.
+joins, interfaces and their events, router discovery, routing state,
+supervision (script hook, systemd), IPC, daemon loop, CLI.
 """
 
 import bisect
@@ -51,6 +51,7 @@ options:
   -i NAME            identity: config, socket, PID file and syslog name, so that
                      several daemons can run side by side
   -t ID              use multicast routing table ID (needs `ip mrule` rules)
+  -m SEC             router discovery (RFC 4286) interval, 4..180 (default 20)
   -c SEC             expire idle learned routes after SEC..2*SEC s (default 60, 0: never)
   -e CMD             run CMD start|reload|install (see README), never through a shell
   -d                 detach into the background, log to syslog
@@ -629,9 +630,6 @@ def parse_phyint(config, words, origin):
         else:
             raise ConfigError("phyint: unknown option %r, expected enable, disable, "
                               "ttl-threshold N or mrdisc" % word)
-    if mrdisc:
-        config.warnings.append("%s: mrdisc is not supported by smcroute.py, ignored"
-                               % config.origins.text(origin))
     config.phyints[name] = Phyint(name, enabled, ttl, mrdisc, origin)
 
 
@@ -1204,6 +1202,228 @@ class Interfaces:
         return before, iface
 
 # ---------------------------------------------------------------------------
+# Multicast Router Discovery (RFC 4286), IPv4
+# ---------------------------------------------------------------------------
+
+IGMP_MRDISC_ADV, IGMP_MRDISC_SOL, IGMP_MRDISC_TERM = 0x30, 0x31, 0x32
+ALL_ROUTERS = "224.0.0.2"           # snoopers solicit here
+ALL_SNOOPERS = "224.0.0.106"        # routers advertise and terminate here
+ROUTER_ALERT = b"\x94\x04\x00\x00"   # IP option 148, length 4, value 0 (RFC 2113)
+
+# AdvertisementInterval, seconds: RFC 4286's range and default, which
+# SMCRoute's -m takes too.
+MRDISC_INTERVAL = 20
+MRDISC_INTERVALS = range(4, 181)
+# The rest of RFC 4286's configuration variables and protocol constants:
+# periodic advertisements are AdvertisementInterval plus a random time up
+# to AdvertisementJitter (0.025 of the interval) apart; the first
+# MAX_INITIAL_ADVERTISEMENTS after an interface starts routing are at most
+# MAX_INITIAL_ADVERT_INTERVAL apart, so that a lost one is soon made up
+# for; a solicitation is answered within MAX_RESPONSE_DELAY.  SMCRoute
+# itself has neither jitter nor an initial burst.
+ADVERT_JITTER = 0.025
+MAX_INITIAL_ADVERT_INTERVAL = 2
+MAX_INITIAL_ADVERTISEMENTS = 3
+MAX_RESPONSE_DELAY = 2
+
+IP_PKTINFO = 8                      # linux/in.h; not in every Python's socket module
+IP_MULTICAST_ALL = 49
+
+# Type, Advertisement Interval (the code field), Checksum, Query Interval,
+# Robustness Variable.  RFC 4286 makes Solicitations and Terminations 4
+# bytes, but Linux takes IGMP to be at least 8 (ip_mc_check_igmp), and
+# SMCRoute sends all three as a struct igmp: so do we, the rest zero.
+MRDISC_MSG = struct.Struct("!BBHHH")
+IP_MREQN = struct.Struct("@4s4si")          # multiaddr address ifindex
+IN_PKTINFO = struct.Struct("@i4s4s")        # ifindex spec_dst addr
+MRDISC_RECV_SIZE = 1500
+# Errors that mean the interface is gone or down: a termination that
+# cannot go out then is no news.
+LINK_GONE = (errno.ENODEV, errno.ENXIO, errno.ENETDOWN, errno.ENETUNREACH, errno.EADDRNOTAVAIL)
+
+
+def igmp_checksum(data):
+    """The Internet checksum (RFC 1071): 0 over data that carries a valid one."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack("!%dH" % (len(data) // 2), data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def mrdisc_message(msgtype, interval=0):
+    """An 8-byte message.  Query Interval and Robustness Variable are 0:
+    RFC 4286 asks for that when the router runs no IGMP querier."""
+    checksum = igmp_checksum(MRDISC_MSG.pack(msgtype, interval, 0, 0, 0))
+    return MRDISC_MSG.pack(msgtype, interval, checksum, 0, 0)
+
+
+def parse_igmp(packet):
+    """The IGMP type of an IPv4 packet as a raw socket reads it (IP header
+    included), or None unless it is IGMP with a valid checksum."""
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_IGMP:
+        return None
+    igmp = packet[(packet[0] & 0xF) * 4:struct.unpack_from("!H", packet, 2)[0]]
+    if len(igmp) < 4 or igmp_checksum(igmp):
+        return None
+    return igmp[0]
+
+
+def jitter(limit):
+    """A random time from 0 to `limit`; os.urandom spares us the random
+    module, its import and its memory."""
+    return limit * int.from_bytes(os.urandom(2), "big") / 0xFFFF
+
+
+def advert_delay(interval, initial=False):
+    """Seconds until the next unsolicited advertisement."""
+    if initial:
+        return jitter(MAX_INITIAL_ADVERT_INTERVAL)
+    return interval + jitter(ADVERT_JITTER * interval)
+
+
+def ifname(index):
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return "ifindex %d" % index
+
+
+class MrdiscLink:
+    """One interface's advertisement schedule, in time.monotonic() seconds."""
+
+    __slots__ = ("due", "initial", "sent", "error")
+
+    def __init__(self, now):
+        self.due = now                  # the first advertisement goes out at once
+        self.initial = MAX_INITIAL_ADVERTISEMENTS
+        self.sent = float("-inf")
+        self.error = None               # errno of the last failed advertisement
+
+
+class RouterDiscovery:
+    """Tells IGMP snooping switches that multicast routing is on, so that
+    they send all multicast our way: advertisements to All-Snoopers out of
+    every started interface, answers to solicitations, and a termination
+    when an interface stops.  One raw socket serves every interface."""
+
+    def __init__(self, interval=MRDISC_INTERVAL, log=lambda msg: None):
+        self.interval = interval
+        self.log = log
+        self.links = {}                 # ifindex -> MrdiscLink
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+        try:
+            # Link-local, with router alert as RFC 4286 requires; PKTINFO
+            # tells where a solicitation came in; with MULTICAST_ALL off only
+            # our own 224.0.0.2 memberships wake us, not every IGMP report
+            # for the groups this host has joined.
+            for option, value in ((socket.IP_MULTICAST_TTL, 1), (socket.IP_MULTICAST_LOOP, 0),
+                                  (socket.IP_OPTIONS, ROUTER_ALERT), (IP_PKTINFO, 1),
+                                  (IP_MULTICAST_ALL, 0)):
+                self.sock.setsockopt(socket.IPPROTO_IP, option, value)
+            self.sock.setblocking(False)
+        except OSError:
+            self.sock.close()
+            raise
+
+    def start(self, ifindex):
+        """`ifindex` routes multicast now: listen for solicitations there
+        and send the initial advertisements."""
+        if ifindex in self.links:
+            return
+        try:
+            self._membership(socket.IP_ADD_MEMBERSHIP, ifindex)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return
+            # ENOBUFS: more interfaces than net.ipv4.igmp_max_memberships.
+            self.log("mrdisc: %s: cannot hear solicitations: %s" % (ifname(ifindex), exc.strerror))
+        self.links[ifindex] = MrdiscLink(time.monotonic())
+
+    def stop(self, ifindex):
+        """`ifindex` routes no more: say so there, if it still exists."""
+        if self.links.pop(ifindex, None) is None:
+            return
+        exc = self._send(ifindex, mrdisc_message(IGMP_MRDISC_TERM))
+        if exc and exc.errno not in LINK_GONE:
+            self.log("mrdisc: %s: cannot send a termination: %s" % (ifname(ifindex), exc.strerror))
+        try:
+            self._membership(socket.IP_DROP_MEMBERSHIP, ifindex)
+        except OSError:
+            pass        # never joined (see start); a vanished interface's goes all the same
+
+    def on_readable(self, mask=None):
+        """Read every waiting packet, then send what is due now."""
+        while True:
+            try:
+                packet, ancdata, _, _ = self.sock.recvmsg(
+                    MRDISC_RECV_SIZE, socket.CMSG_SPACE(IN_PKTINFO.size))
+            except (BlockingIOError, InterruptedError):
+                break
+            if parse_igmp(packet) == IGMP_MRDISC_SOL:
+                self.prompt(self._arrival(ancdata), time.monotonic())
+        self.on_timer()
+
+    def prompt(self, ifindex, now):
+        """Advertise on `ifindex` soon: a solicitation came in there, or its
+        address changed.  SMCRoute answers at once; RFC 4286 allows up to
+        MAX_RESPONSE_DELAY and wants answers rate-limited.  So: at once,
+        unless an advertisement went out there less than MAX_RESPONSE_DELAY
+        ago, then as soon as that has passed: however many snoopers ask,
+        one answer per 2 s per interface."""
+        link = self.links.get(ifindex)
+        if link is not None:
+            link.due = min(link.due, max(now, link.sent + MAX_RESPONSE_DELAY))
+
+    def deadline(self):
+        """When on_timer() has something to send, or None."""
+        return min((link.due for link in self.links.values()), default=None)
+
+    def on_timer(self, now=None):
+        now = time.monotonic() if now is None else now
+        for ifindex, link in self.links.items():
+            if link.due <= now:
+                self._advertise(ifindex, link, now)
+
+    def close(self):
+        for ifindex in list(self.links):
+            self.stop(ifindex)
+        self.sock.close()
+
+    def _advertise(self, ifindex, link, now):
+        exc = self._send(ifindex, mrdisc_message(IGMP_MRDISC_ADV, self.interval))
+        error = exc.errno if exc else None
+        if error and error != link.error:       # once per failure, not every interval
+            self.log("mrdisc: %s: cannot advertise: %s" % (ifname(ifindex), exc.strerror))
+        link.error = error
+        link.sent = now
+        link.initial = max(0, link.initial - 1)
+        link.due = now + advert_delay(self.interval, link.initial > 0)
+
+    def _send(self, ifindex, message):
+        """Send to All-Snoopers out of `ifindex`; the OSError, or None."""
+        pktinfo = IN_PKTINFO.pack(ifindex, bytes(4), bytes(4))
+        try:
+            self.sock.sendmsg([message], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)],
+                              0, (ALL_SNOOPERS, 0))
+        except OSError as exc:
+            return exc
+        return None
+
+    def _membership(self, option, ifindex):
+        self.sock.setsockopt(socket.IPPROTO_IP, option,
+                             IP_MREQN.pack(socket.inet_aton(ALL_ROUTERS), bytes(4), ifindex))
+
+    @staticmethod
+    def _arrival(ancdata):
+        """The ifindex a packet came in on, from its IP_PKTINFO."""
+        for level, kind, data in ancdata:
+            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
+                return IN_PKTINFO.unpack_from(data)[0]
+        return None
+
+# ---------------------------------------------------------------------------
 # Routing state: desired rules, learned entries, and the one reconcile path
 # ---------------------------------------------------------------------------
 
@@ -1246,9 +1466,12 @@ class Router:
         self.starved = set()            # keys whose entry needs a VIF there is none of
         self.vif_problems = {}          # origin -> why a template or phyint has no VIF
         self.waiting = {}               # origin -> pending() row, as last reported
+        self.discovery = None           # RouterDiscovery, when the daemon runs one
 
     def close(self):
         self.joins.close()
+        if self.discovery is not None:
+            self.discovery.close()
 
     # Interfaces ----------------------------------------------------------
 
@@ -1401,7 +1624,25 @@ class Router:
             self.entries = {}
             if self.starved:
                 self.sync(list(self.starved))
+        self.sync_discovery()
         return [text for texts in problems.values() for text in texts]
+
+    def sync_discovery(self):
+        """Advertise (RFC 4286) on the IPv4 VIFs that are up and whose
+        phyint says mrdisc; stop, with a termination, where that ends."""
+        kernel = self.kernels.get(4)
+        if self.discovery is None or kernel is None:
+            return
+        wanted = set()
+        for index in kernel.vif_of:
+            iface = self.ifaces.by_index.get(index)
+            phyint = iface and self.phyint(iface.name)
+            if phyint and phyint.mrdisc and iface.up:
+                wanted.add(index)
+        for index in [i for i in self.discovery.links if i not in wanted]:
+            self.discovery.stop(index)
+        for index in wanted:
+            self.discovery.start(index)
 
     def keys_for(self, route):
         """The learned (S,G) keys a template's change can alter."""
@@ -2379,6 +2620,10 @@ class Daemon:
             raise Fatal(EX_NOKERNEL, "the kernel has no multicast routing")
         self.interfaces = Interfaces()
         self.router = Router(self.kernels, self.interfaces)
+        if 4 in self.kernels:
+            discovery = self.router.discovery = RouterDiscovery(self.options.mrdisc, log.warning)
+            self.selector.register(discovery.sock, selectors.EVENT_READ, discovery.on_readable)
+            self.timers.append(discovery)
         for kernel in self.kernels.values():
             self.selector.register(kernel.sock, selectors.EVENT_READ, self._upcall_reader(kernel))
         self.selector.register(self.interfaces.sock, selectors.EVENT_READ,
@@ -2420,6 +2665,10 @@ class Daemon:
         changes, addressed = self.interfaces.read_events()
         if changes:
             self.router.interfaces_changed(changes)
+        discovery = self.router.discovery
+        for index in addressed:
+            if discovery is not None and index in discovery.links:
+                discovery.prompt(index, time.monotonic())   # snoopers learn the new address
 
     def on_event(self, kind, line, details):
         if kind == "learned" and self.script:
@@ -2542,6 +2791,7 @@ class Options:
         self.pidfile = None
         self.expire = DEFAULT_EXPIRE
         self.table = None
+        self.mrdisc = MRDISC_INTERVAL
         self.script = None
         self.detach = False
         self.syslog = False
@@ -2569,7 +2819,7 @@ class UsageError(Exception):
 def parse_args(argv):
     options = Options()
     try:
-        opts, args = getopt.getopt(argv, "hvdnsDf:u:P:F:c:i:t:e:arjlk",
+        opts, args = getopt.getopt(argv, "hvdnsDf:u:P:F:c:i:t:e:m:arjlk",
                                    ["log-level=", "help", "version"])
     except getopt.GetoptError as exc:
         raise UsageError(str(exc)) from None
@@ -2609,6 +2859,11 @@ def parse_args(argv):
             if not (os.path.isfile(value) and os.access(value, os.X_OK)):
                 raise UsageError("-e %s: not an executable file" % value)
             options.script = os.path.abspath(value)
+        elif flag == "-m":
+            if not (value.isdigit() and int(value) in MRDISC_INTERVALS):
+                raise UsageError("-m needs a number of seconds from %d to %d"
+                                 % (MRDISC_INTERVALS[0], MRDISC_INTERVALS[-1]))
+            options.mrdisc = int(value)
         elif flag == "-c":
             if not value.isdigit():
                 raise UsageError("-c needs a number of seconds")

@@ -88,11 +88,10 @@ def test_phyint(parse):
         ("eth0", True, 1), ("eth1", False, 1), ("eth2", True, 8), ("eth3", True, 255)]
 
 
-def test_phyint_mrdisc_is_accepted_with_a_warning(parse):
+def test_phyint_mrdisc(parse):
     config = parse("phyint eth0 enable mrdisc\n")
-    assert config.errors == [] and config.phyints["eth0"].mrdisc
-    assert config.warnings == \
-        ["smcroute.conf:1: mrdisc is not supported by smcroute.py, ignored"]
+    assert config.errors == [] and config.warnings == []
+    assert config.phyints["eth0"].mrdisc
 
 
 def test_seed_v1_99_lines(parse):
