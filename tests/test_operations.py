@@ -288,3 +288,26 @@ def test_syslog_in_the_foreground_without_a_listener_says_so(bed, tmp_path):
                          % (bed.ns("rtr"), sys.executable, DAEMON, tmp_path / "sock"))
     assert "nothing listens on /dev/log" in ran.stderr
     assert "ready" not in ran.stderr            # the log itself went to syslog
+
+
+def test_every_option_works_detached_too(bed, tmp_path, identity, mrules):
+    """-d with -i, -t, -e, -m, -c and -s: the options mean the same."""
+    script, ran = hook(tmp_path)
+    with open("/etc/%s.conf" % identity, "w") as conf:
+        conf.write("phyint b1 mrdisc\n" + STAR_G)
+    started = subprocess.run(["ip", "netns", "exec", bed.ns("rtr"), sys.executable, DAEMON, "-d", "-s",
+                              "-i", identity, "-t", "10", "-e", script, "-m", "4", "-c", "1"],
+                             capture_output=True, text=True, timeout=10)
+    assert started.returncode == 0, started.stderr
+    pid = int(open("/run/%s.pid" % identity).read())
+    try:
+        wait_for(lambda: ran() == ["start   none"])
+        bed.traffic(["225.3.1.1"], hosts=())
+        wait_for(lambda: "install 10.0.0.1 225.3.1.1 none" in ran())
+        assert "225.3.1.1" in bed.exec("rtr", "ip", "mroute", "show", "table", "10").stdout
+        wait_for(lambda: "225.3.1.1" not in bed.exec("rtr", "ip", "mroute", "show", "table", "10").stdout,
+                 timeout=5)                                    # -c 1
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists("/proc/%d" % pid))
+    assert not os.path.exists("/run/%s.sock" % identity)
