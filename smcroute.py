@@ -19,9 +19,9 @@ supervision (script hook, systemd), IPC, daemon loop, CLI.
 import bisect
 import errno
 import fcntl
-import getopt
 import glob
 import os
+import select
 import selectors
 import signal
 import socket
@@ -33,36 +33,6 @@ import traceback
 from collections import deque, namedtuple
 
 VERSION = "0.1.0"
-
-USAGE = """\
-usage: smcroute.py [OPTIONS]                    run the daemon
-       smcroute.py [-u SOCK] -a IIF SRC GRP OIF...  add a route
-       smcroute.py [-u SOCK] -r IIF SRC GRP         remove a route
-       smcroute.py [-u SOCK] -j IIF [SRC] GRP       join a group
-       smcroute.py [-u SOCK] -l IIF [SRC] GRP       leave a group
-       smcroute.py [-u SOCK] -k                     stop the daemon
-       smcroute.py [-u SOCK] COMMAND [ARG...]       any control command
-       smcroute.py -F FILE                          check a config file
-
-options:
-  -f FILE            config file (default /etc/smcroute.conf, or /etc/NAME.conf with -i)
-  -u SOCK            control socket (default /run/smcroute, or /run/NAME.sock with -i)
-  -P FILE            PID file, written when ready (default /run/smcroute.pid)
-  -i NAME            identity: config, socket, PID file and syslog name, so that
-                     several daemons can run side by side
-  -t ID              use multicast routing table ID (needs `ip mrule` rules)
-  -m SEC             router discovery (RFC 4286) interval, 4..180 (default 20)
-  -c SEC             expire idle learned routes after SEC..2*SEC s (default 60, 0: never)
-  -e CMD             run CMD start|reload|install (see README), never through a shell
-  -d                 detach into the background, log to syslog
-  -n                 stay in the foreground (the default), log to stderr
-  -s                 log to syslog, also in the foreground
-  -D                 debug log, same as --log-level debug
-  --log-level LEVEL  error, warning, notice (default), info or debug
-  -F FILE            check FILE, print its problems, exit 0 or 78
-  -v                 print the version
-  -h                 print this help
-"""
 
 # Exit codes, from sysexits.h as SMCRoute uses them.
 EX_OK, EX_FAIL, EX_USAGE, EX_UNAVAILABLE, EX_OSERR = 0, 1, 64, 69, 71
@@ -2003,59 +1973,63 @@ class Router:
             names.append(iface.name if iface else "?")
         return names
 
-    def route_rows(self):
-        """Every kernel entry, in install order, then the rules not in the
-        kernel, as dicts for `show routes`."""
+    def present_oifs(self, names):
+        """The interfaces a rule's OIF names stand for now, in its order."""
+        return list(dict.fromkeys(iface.name for name in names for iface in self.usable(name)))
+
+    def kernel_rows(self):
+        """Every installed entry, in install order, as RouteRows."""
         rows = []
         for key, (parent, oifs) in self.mfc.items():
             size = len(key) >> 1
             packets, octets, _ = self.kernels[size].counters(key)
             rule = self.rules.exact.get(key)
             kind = "static" if rule is not None else "learned" if oifs else "stop"
-            src, grp = split_key_text(key)
-            rows.append(dict(kind=kind, source=src, group=grp,
-                             iif=self.vif_names(size, [parent])[0],
-                             oifs=self.vif_names(size, [vif for vif, _ in oifs]),
-                             waiting=[n for n, _ in self.missing(rule.oifs)] if rule else [],
-                             packets=packets, bytes=octets))
-        for key, rule in self.rules.all_exact():
-            if key not in self.mfc:
-                src, grp = split_key_text(key)
-                rows.append(dict(kind="waiting", source=src, group=grp, iif=rule.iif,
-                                 oifs=list(rule.oifs), waiting=[], packets=None, bytes=None))
-        for route in self.rules.all_templates():
-            rows.append(dict(kind="template", source=route.source and str(route.source),
-                             group=str(route.group), iif=route.iif, oifs=list(route.oifs),
-                             waiting=[], packets=None, bytes=None))
+            rows.append(RouteRow(kind, *split_key_text(key), self.vif_names(size, [parent])[0],
+                                 self.vif_names(size, [vif for vif, _ in oifs]), packets, octets,
+                                 [name for name, _ in self.missing(rule.oifs)] if rule else []))
         return rows
+
+    def rule_rows(self):
+        """(templates, exact rules) as RouteRows, in config order; counters
+        are the kernel's for an exact rule's entry, else 0."""
+        templates = [RouteRow("template", route.source and str(route.source), str(route.group),
+                              route.iif, self.present_oifs(route.oifs), 0, 0, [])
+                     for route in self.rules.all_templates()]
+        exact = []
+        for key, rule in self.rules.all_exact():
+            counters = (0, 0)
+            if key in self.mfc and self.rules.exact[key] is rule:
+                counters = self.kernels[len(key) >> 1].counters(key)[:2]
+            exact.append(RouteRow("rule", *split_key_text(key), rule.iif,
+                                  self.present_oifs(rule.oifs), *counters, []))
+        return templates, exact
 
     def group_rows(self):
-        rows = []
-        for (index, src, grp), _ in sorted(self.joins.held.items(), key=lambda i: (i[0][2], i[0][0])):
+        """(memberships wanted, memberships held) as (source, group, iif) rows."""
+        def row(index, src, grp):
             iface = self.ifaces.by_index.get(index)
-            rows.append(dict(kind="joined", iif=iface.name if iface else "?",
-                             source=src and ntop(src), group=ntop(grp)))
-        joined = set(self.wanted_joins().values())
-        for membership in self.memberships.values():
-            if membership not in joined:
-                rows.append(dict(kind="waiting", iif=membership.iif,
-                                 source=membership.source and str(membership.source),
-                                 group=str(membership.group)))
-        return rows
+            return (src and ntop(src), ntop(grp), iface.name if iface else "?")
+        return ([row(*key) for key in self.wanted_joins()], [row(*key) for key in self.joins.held])
 
     def interface_rows(self):
+        """Every interface in the namespace, in ifindex order."""
         rows = []
-        for iface in sorted(self.ifaces.by_name.values(), key=lambda i: i.index):
+        for iface in sorted(self.ifaces.by_index.values(), key=lambda i: i.index):
             vifs = {size: k.vif_of.get(iface.index) for size, k in self.kernels.items()}
-            rows.append(dict(name=iface.name, index=iface.index, vif=vifs.get(4), mif=vifs.get(16),
-                             ttl=self.ttl(iface.name), multicast=iface.multicast,
-                             state="up" if iface.up else "down"))
+            rows.append(InterfaceRow(iface.index, iface.name, vifs.get(4), vifs.get(16),
+                                     "up" if iface.up else "down", iface.multicast,
+                                     self.ttl(iface.name)))
         return rows
 
     def pending_rows(self):
-        return [dict(kind=kind, iif=iif, source=source, group=group, oifs=list(oifs),
-                     origin=self.origins.text(origin), waits_for=why)
+        return [PendingRow(kind, iif, source, group, list(oifs), self.origins.text(origin), why)
                 for origin, kind, iif, source, group, oifs, why in self.pending()]
+
+
+RouteRow = namedtuple("RouteRow", "kind source group iif oifs packets bytes waiting")
+InterfaceRow = namedtuple("InterfaceRow", "index name vif mif state multicast ttl")
+PendingRow = namedtuple("PendingRow", "kind iif source group oifs origin waits_for")
 
 
 def rule_id_text(rule):
@@ -2092,6 +2066,248 @@ def pending_text(row):
     if kind == "mgroup":
         return "mgroup %s on %s" % (pairs_text(source, group), iif)
     return "mroute " + route_text(iif, source, group, oifs)
+
+# ---------------------------------------------------------------------------
+# Show: SMCRoute's tables and JSON, byte for byte as smcrouted 2.6.0 sends
+# them to smcroutectl, and our own readable tables
+# ---------------------------------------------------------------------------
+
+TITLE_MARK = "_"            # a reply line ending in it is a section title
+HEADER_MARK = "="           # ... a column header
+
+ADDR_COLUMN = 42            # "(S, G)" in route and group tables; longer text overflows it
+COUNTER_COLUMN = 10         # packets and bytes, in detail
+GROUP_IIF_COLUMN = 16       # the groups header only: rows are not padded
+
+ROUTE_HEADER = ("ROUTE (S,G)", "IIF", ("PACKETS", "BYTES"), "OIFS")
+GROUP_HEADER = ("GROUP (S,G)", "IIF")
+INTERFACE_HEADER = ("INDEX", "PHYINT", "VIF", "MIF")
+NO_NUMBER = "N/A"           # an interface without VIF or MIF
+
+ROUTE_TITLES = ("(*,G) Template Rules", "(S,G) Rules", "Kernel MFC Table")
+GROUP_TITLES = ("Group Memberships Table", "Kernel Group Membership Table")
+PENDING_TITLE = "PENDING ROUTES AND GROUPS"     # no marker: smcroutectl -t keeps it
+# 2.6.0 follows this with its last log line, a bug: not copied.
+PENDING_NONE = "No pending routes or groups\n"
+
+TABLES = ("routes", "groups", "interfaces", "pending")
+
+
+def column_width(names, header):
+    """SMCRoute's IIF and PHYINT columns are as wide as the longest interface
+    name in the namespace, used by a rule or not, and never narrower than
+    their header."""
+    return max([len(header)] + [len(name) for name in names])
+
+
+def section(title, header, lines):
+    """A titled table, or nothing when it has no rows: 2.6.0 leaves empty
+    tables out of a reply."""
+    if not lines:
+        return ""
+    head = [title + TITLE_MARK] + ([header + HEADER_MARK] if header is not None else [])
+    return "".join(line + "\n" for line in head + lines)
+
+
+def route_line(pair, iif, width, counters, oifs):
+    # The space after the IIF and after each counter is always there, so a
+    # row without OIFs ends in spaces, as in 2.6.0.
+    line = "%-*s %-*s " % (ADDR_COLUMN, pair, width, iif)
+    if counters is not None:
+        line += "%*s %*s " % (COUNTER_COLUMN, counters[0], COUNTER_COLUMN, counters[1])
+    return line + "".join(" " + oif for oif in oifs)
+
+
+def route_lines(rows, width, detail):
+    return [route_line(pairs_text(row.source, row.group), row.iif, width,
+                       (row.packets, row.bytes) if detail else None, row.oifs) for row in rows]
+
+
+def smcroute_routes(router, detail):
+    """`s` (and `S`, with counters): templates and exact rules whose inbound
+    interface exists, then the kernel's entries in install order, stop
+    filters last."""
+    present = router.ifaces.by_name
+    templates, exact = router.rule_rows()
+    kernel = router.kernel_rows()
+    tables = ([r for r in templates if router.ifaces.matching(r.iif)],
+              [r for r in exact if r.iif in present],
+              [r for r in kernel if r.oifs] + [r for r in kernel if not r.oifs])
+    width = column_width(present, ROUTE_HEADER[1])
+    name, iif, counters, oifs = ROUTE_HEADER
+    header = route_line(name, iif, width, counters if detail else None, [oifs])
+    return "".join(section(title, header, route_lines(rows, width, detail))
+                   for title, rows in zip(ROUTE_TITLES, tables))
+
+
+def group_lines(rows):
+    return ["%-*s %s" % (ADDR_COLUMN, pairs_text(source, group), iif) for source, group, iif in rows]
+
+
+def smcroute_groups(router, detail):
+    """`s groups`; in detail also the kernel's memberships, titled but
+    with no header."""
+    wanted, held = router.group_rows()
+    header = "%-*s %-*s" % (ADDR_COLUMN, GROUP_HEADER[0], GROUP_IIF_COLUMN, GROUP_HEADER[1])
+    text = section(GROUP_TITLES[0], header, group_lines(wanted))
+    if detail:
+        text += section(GROUP_TITLES[1], None, group_lines(held))
+    return text
+
+
+def interface_line(index, name, vif, mif, width):
+    return "%6s %-*s %4s %4s" % (index, width, name, vif, mif)
+
+
+def number_text(number):
+    return NO_NUMBER if number is None else number
+
+
+def smcroute_interfaces(router, detail):
+    """`s interfaces`: a header and no title, every interface in the
+    namespace, with or without a VIF."""
+    rows = router.interface_rows()
+    if not rows:
+        return ""
+    width = column_width([row.name for row in rows], INTERFACE_HEADER[1])
+    lines = [interface_line(*INTERFACE_HEADER, width=width) + HEADER_MARK]
+    lines += [interface_line(row.index, row.name, number_text(row.vif), number_text(row.mif), width)
+              for row in rows]
+    return "".join(line + "\n" for line in lines)
+
+
+def pending_line(row):
+    line = "%s  from %s" % (row.kind, row.iif)
+    if row.source is not None:
+        line += " source " + row.source
+    line += " group " + row.group
+    if row.oifs:
+        line += " to " + " ".join(row.oifs)
+    return line
+
+
+def smcroute_pending(router, detail):
+    """`s pending`: rules that wait for an interface, in config order, with
+    every OIF of the config line."""
+    rows = router.pending_rows()
+    if not rows:
+        return PENDING_NONE
+    return "".join(line + "\n" for line in [PENDING_TITLE] + [pending_line(row) for row in rows])
+
+
+SMCROUTE_TABLES = {"routes": smcroute_routes, "groups": smcroute_groups,
+                   "interfaces": smcroute_interfaces, "pending": smcroute_pending}
+
+
+def smcroute_topic(words):
+    """The table a show request asks for: 2.6.0 looks at the first letter
+    of the first word only, and anything else means the routes."""
+    letter = words[0][:1] if words else ""
+    return {"g": "groups", "i": "interfaces", "p": "pending"}.get(letter, "routes")
+
+# JSON: one line, 2.6.0's keys in its order; our own extras come after them
+# (route counters, interface state, what a pending rule waits for), so its
+# readers still work.
+
+
+def route_objects(rows):
+    return [{"source": row.source, "group": row.group, "iif": row.iif, "oifs": row.oifs,
+             "packets": row.packets, "bytes": row.bytes} for row in rows]
+
+
+def json_routes(router):
+    templates, exact = router.rule_rows()
+    present = router.ifaces.by_name
+    return {"routes": {"asm": route_objects(r for r in templates if router.ifaces.matching(r.iif)),
+                       "ssm": route_objects(r for r in exact if r.iif in present),
+                       "kernel": route_objects(router.kernel_rows())}}
+
+
+def json_groups(router):
+    return {"groups": {key: [{"source": source, "group": group, "iif": iif}
+                             for source, group, iif in rows]
+                       for key, rows in zip(("conf", "kernel"), router.group_rows())}}
+
+
+def json_interfaces(router):
+    return {"interfaces": [{"index": row.index, "name": row.name, "vif": row.vif, "mif": row.mif,
+                            "state": row.state, "multicast": row.multicast, "ttl": row.ttl}
+                           for row in router.interface_rows()]}
+
+
+def json_pending(router):
+    return {"pending": [{"kind": row.kind, "iif": row.iif, "source": row.source, "group": row.group,
+                         "oifs": row.oifs, "origin": row.origin, "waits_for": row.waits_for}
+                        for row in router.pending_rows()]}
+
+
+JSON_TABLES = {"routes": json_routes, "groups": json_groups,
+               "interfaces": json_interfaces, "pending": json_pending}
+
+
+def json_line(obj):
+    try:
+        import json  # Debian's python3-minimal lacks it; the rest runs there
+    except ImportError:
+        raise CommandError("JSON output needs Python's json module") from None
+    return json.dumps(obj, separators=(",", ":"))
+
+# Our own tables: a column per field, as wide as its widest value, so
+# long IPv6 addresses do not break them.
+
+
+def text_table(columns, rows):
+    """columns: (header, right-aligned?); rows: tuples of text.  The last
+    column is not padded."""
+    widths = [max([len(header)] + [len(row[n]) for row in rows])
+              for n, (header, _) in enumerate(columns)]
+    lines = []
+    for values in [tuple(header for header, _ in columns)] + rows:
+        cells = [value.rjust(width) if right else value.ljust(width)
+                 for value, width, (_, right) in zip(values[:-1], widths, columns)]
+        lines.append("  ".join(cells + [values[-1]]).rstrip())
+    return lines
+
+
+def dash(value):
+    return "-" if value is None else str(value)
+
+
+def readable_routes(router):
+    rows = router.kernel_rows()
+    installed = {(row.source, row.group) for row in rows}
+    templates, exact = router.rule_rows()
+    rows += [row._replace(kind="waiting", packets=None, bytes=None) for row in exact
+             if (row.source, row.group) not in installed]
+    rows += [row._replace(packets=None, bytes=None) for row in templates]
+    return text_table((("KIND", False), ("SOURCE", False), ("GROUP", False), ("IIF", False),
+                       ("PACKETS", True), ("BYTES", True), ("OIFS", False)),
+                      [(row.kind, dash(row.source), row.group, row.iif, dash(row.packets),
+                        dash(row.bytes), " ".join(row.oifs + ["(%s)" % n for n in row.waiting]) or "-")
+                       for row in rows])
+
+
+def readable_groups(router):
+    wanted, held = router.group_rows()
+    return text_table((("SOURCE", False), ("GROUP", False), ("IIF", False)),
+                      [(dash(source), group, iif) for source, group, iif in held])
+
+
+def readable_interfaces(router):
+    return text_table((("NAME", False), ("INDEX", True), ("STATE", False), ("VIF", True),
+                       ("MIF", True), ("TTL", True)),
+                      [(row.name, str(row.index), row.state, dash(row.vif), dash(row.mif), str(row.ttl))
+                       for row in router.interface_rows()])
+
+
+def readable_pending(router):
+    return text_table((("ORIGIN", False), ("RULE", False), ("WAITS FOR", False)),
+                      [(row.origin, pending_line(row).replace("  ", " ", 1), ", ".join(row.waits_for))
+                       for row in router.pending_rows()])
+
+
+READABLE_TABLES = {"routes": readable_routes, "groups": readable_groups,
+                   "interfaces": readable_interfaces, "pending": readable_pending}
 
 # ---------------------------------------------------------------------------
 # Supervision: the -e script hook and systemd's notify socket
@@ -2214,6 +2430,45 @@ MAX_LINE = 1024             # bytes in one command line
 MAX_CLIENTS = 64
 MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
 
+# SMCRoute's binary request, in native layout: size_t length of the whole
+# message, u16 command character, u16 word count, padding to size_t's
+# alignment (16 bytes on x86_64), then NUL-terminated words and one more
+# NUL.  The reply is text and one NUL, empty text for success.
+REQUEST_LENGTH = struct.Struct("@N")
+REQUEST_HEADER = struct.Struct("@NHH0N")
+MAX_REQUEST = 1024          # bytes, header included; smcrouted's buffer
+REPLY_END = b"\0"
+
+
+def pack_request(cmd, words):
+    body = b"".join(word.encode() + b"\0" for word in words) + b"\0"
+    return REQUEST_HEADER.pack(REQUEST_HEADER.size + len(body), ord(cmd), len(words)) + body
+
+
+def parse_request(buf):
+    """(cmd, words, bytes used) for the first request in buf, or None until
+    it is complete; ValueError for anything else."""
+    if len(buf) < REQUEST_LENGTH.size:
+        return None
+    (length,) = REQUEST_LENGTH.unpack_from(buf)
+    # Judged before waiting for more, so a bogus length cannot stall a client.
+    if not REQUEST_HEADER.size < length <= MAX_REQUEST:
+        raise ValueError("bad request length %d" % length)
+    if len(buf) < length:
+        return None
+    _, cmd, count = REQUEST_HEADER.unpack_from(buf)
+    body = bytes(buf[REQUEST_HEADER.size:length])
+    if not 0x20 < cmd < 0x7f or not body.endswith(b"\0\0" if count else b"\0"):
+        raise ValueError("malformed request")
+    words = body[:-2].split(b"\0") if count else []
+    if len(words) != count or (not count and body != b"\0"):
+        raise ValueError("request of %d words says %d" % (len(words), count))
+    return chr(cmd), [word.decode("utf-8", "replace") for word in words], length
+
+
+def pack_reply(text):
+    return text.encode("utf-8", "replace") + REPLY_END
+
 
 class CommandError(Exception):
     """A command that cannot be done; its text is the `error:` reply."""
@@ -2229,36 +2484,19 @@ def split_source_group(words, usage):
     return words[0], words[1], words[2:]
 
 
-def format_table(columns, rows, formats):
-    lines = [formats % tuple(c.upper() for c in columns)]
-    for row in rows:
-        values = []
-        for column in columns:
-            value = row[column]
-            if isinstance(value, list):
-                value = " ".join(value) or "-"
-            values.append("-" if value is None else value)
-        lines.append((formats % tuple(values)).rstrip())
-    return lines
-
-
-def with_waiting(row):
-    """A route row's OIFS column: the outputs in use, then in parentheses
-    the ones that wait for their interface."""
-    return dict(row, oifs=row["oifs"] + ["(%s)" % name for name in row["waiting"]])
-
-
 class Control:
     """The daemon's commands, one method per command word, each returning
-    data lines or raising CommandError."""
+    data lines, or the whole reply as one line of JSON, or raising
+    CommandError."""
 
     HELP = [
         "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   add a route, or OIFs to one",
         "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   remove OIFs, or the whole route",
         "join IIF [SRC[/LEN]] GRP[/LEN]            join a group",
         "leave IIF [SRC[/LEN]] GRP[/LEN]           leave a group",
-        "show [routes|groups|interfaces|pending] [json]",
-        "                                          show state, with counters",
+        "show [routes|groups|interfaces|pending] [json|smcroute [detail]]",
+        "                                          a table, one line of JSON, or",
+        "                                          SMCRoute's table for smcroutectl",
         "flush                                     drop learned routes now",
         "reload                                    re-read the config file",
         "check [FILE]                              what a reload of FILE would change",
@@ -2267,15 +2505,7 @@ class Control:
         "version                                   print the version",
         "help                                      this list",
     ]
-    SHOW = {
-        "routes": (("kind", "source", "group", "iif", "packets", "bytes", "oifs"),
-                   "%-8s %-24s %-24s %-12s %10s %12s  %s", "route_rows"),
-        "groups": (("kind", "source", "group", "iif"), "%-8s %-24s %-24s %s", "group_rows"),
-        "interfaces": (("name", "index", "state", "vif", "mif", "ttl"), "%-15s %6s %-5s %4s %4s %4s",
-                       "interface_rows"),
-        "pending": (("origin", "kind", "iif", "source", "group", "waits_for"),
-                    "%-24s %-6s %-12s %-24s %-24s %s", "pending_rows"),
-    }
+    SHOW_USAGE = "usage: show [routes|groups|interfaces|pending] [json|smcroute [detail]]"
 
     def __init__(self, daemon):
         self.daemon = daemon
@@ -2287,24 +2517,34 @@ class Control:
                          "version": self.version, "help": self.help}
 
     def execute(self, line, client):
-        """Run one command line for `client`; returns its reply lines, the
-        last being `ok` or `error: ...`."""
+        """Run one command line for `client`; returns its reply lines: data
+        lines then `ok` or `error: ...`, or one line of JSON."""
         words = line.split()
         try:
-            command = self.commands.get(words[0].lower())
-            if command is None:
-                raise CommandError("unknown command %r, try 'help'" % words[0])
-            self.daemon.read_interface_events()     # a command sees every change made before it
-            if command == self.monitor:
-                return self.monitor(client) + ["ok"]
-            return command(words[1:]) + ["ok"]
-        except CommandError as exc:
-            return ["error: %s" % exc]
-        except (ValueError, NotFound, KernelError, OSError) as exc:
-            return ["error: %s" % describe(exc)]
-        except Exception:
-            log.error("internal error on %r, please report:\n%s" % (line, traceback.format_exc()))
-            return ["error: internal error, see the daemon's log"]
+            return self.run(words, client)
+        except Exception as exc:
+            error = self.error_text(exc, line)
+            if "json" in words[1:]:
+                return [json_line({"error": error})]
+            return ["error: " + error]
+
+    def run(self, words, client):
+        command = self.commands.get(words[0].lower())
+        if command is None:
+            raise CommandError("unknown command %r, try 'help'" % words[0])
+        self.daemon.read_interface_events()     # a command sees every change made before it
+        if command == self.monitor:
+            client.monitor()
+            return ["ok"]
+        reply = command(words[1:])
+        return [reply] if isinstance(reply, str) else reply + ["ok"]
+
+    @staticmethod
+    def error_text(exc, line):
+        if isinstance(exc, (CommandError, ValueError, NotFound, KernelError, OSError)):
+            return describe(exc)
+        log.error("internal error on %r, please report:\n%s" % (line, traceback.format_exc()))
+        return "internal error, see the daemon's log"
 
     @staticmethod
     def _split(args, usage):
@@ -2343,22 +2583,17 @@ class Control:
 
     def show(self, args):
         words = [a.lower() for a in args]
-        as_json = "json" in words
-        words = [w for w in words if w != "json"]
-        table = words[0] if words else "routes"
-        if table not in self.SHOW or len(words) > 1:
-            raise CommandError("usage: show [routes|groups|interfaces|pending] [json]")
-        columns, formats, rows_of = self.SHOW[table]
-        rows = getattr(self.router, rows_of)()
-        if as_json:
-            try:
-                import json  # Debian's python3-minimal lacks it; the rest runs there
-            except ImportError:
-                raise CommandError("JSON output needs Python's json module") from None
-            return [json.dumps({table: rows}, sort_keys=True)]
-        if table == "routes":
-            rows = [with_waiting(row) for row in rows]
-        return format_table(columns, rows, formats)
+        table = words.pop(0) if words and words[0] in TABLES else "routes"
+        form = words.pop(0) if words and words[0] in ("json", "smcroute") else "table"
+        detail = form == "smcroute" and words == ["detail"]
+        if words and not detail:
+            raise CommandError(self.SHOW_USAGE)
+        if form == "json":
+            return json_line(JSON_TABLES[table](self.router))
+        if form == "smcroute":
+            text = SMCROUTE_TABLES[table](self.router, detail)
+            return text.split("\n")[:-1] if text else []
+        return READABLE_TABLES[table](self.router)
 
     def flush(self, args):
         count = self.router.forget(list(self.router.learned))
@@ -2383,15 +2618,37 @@ class Control:
                                % (len(config.errors), path, "; ".join(config.errors)))
         return self.router.changes(config) or ["no changes"]
 
-    def monitor(self, client):
-        client.monitor()
-        return []
+    def monitor(self, args):
+        """Handled by run(): it needs the connection."""
 
     def version(self, args):
         return ["smcroute.py %s" % VERSION]
 
     def help(self, args):
         return list(self.HELP)
+
+    # SMCRoute's binary requests ---------------------------------------------
+
+    BINARY = {"a": "add", "r": "del", "j": "join", "l": "leave", "F": "flush",
+              "H": "reload", "k": "kill"}
+    BINARY_SHOW = {"s": "smcroute", "S": "smcroute detail", "J": "json"}
+
+    def execute_binary(self, cmd, words):
+        """An SMCRoute request: its reply text, empty on success."""
+        if cmd in self.BINARY_SHOW:
+            table = smcroute_topic(words)
+            line = "show %s %s" % (table, self.BINARY_SHOW[cmd])
+            reply = self.execute(line, None)
+            if cmd == "J":
+                return reply[0] + "\n"
+            return "".join(text + "\n" for text in reply[:-1])
+        if cmd not in self.BINARY:
+            return "Unknown or malformed IPC message '%s' from client." % cmd
+        try:
+            self.run([self.BINARY[cmd]] + words, None)
+        except Exception as exc:
+            return self.error_text(exc, " ".join([cmd] + words))
+        return ""
 
 
 class Client:
@@ -2407,6 +2664,7 @@ class Client:
         self.eof = False
         self.monitoring = False     # events stream out, input is ignored
         self.closing = False        # close once the output is sent
+        self.binary = None          # SMCRoute's requests, not text lines; None: not known yet
 
     def on_event(self, mask):
         if mask & selectors.EVENT_WRITE:
@@ -2428,12 +2686,52 @@ class Client:
         self.eof = not data
 
     def process(self):
-        """Answer the complete lines received, while replies go out."""
+        """Answer the complete requests received, while replies go out."""
         if self.monitoring:
             del self.inbuf[:]
             if self.eof:
                 self.close()
             return
+        if self.binary is None:
+            self.binary = self.sniff()
+        if self.binary:
+            self.process_binary()
+        elif self.binary is not None:
+            self.process_lines()
+
+    def sniff(self):
+        """SMCRoute's requests start with their length, a size_t: NUL bytes
+        among the first few, which a text line never has.  None: too early
+        to tell."""
+        head = bytes(self.inbuf[:REQUEST_LENGTH.size])
+        if b"\0" in head:
+            return True
+        if len(head) == REQUEST_LENGTH.size or b"\n" in head or self.eof:
+            return False
+        return None
+
+    def process_binary(self):
+        """One reply for each request, then the connection closes, as
+        smcroutectl expects."""
+        while self.sock is not None and not self.outbuf:
+            try:
+                request = parse_request(self.inbuf)
+            except ValueError as exc:
+                del self.inbuf[:]
+                self.closing = True
+                self.outbuf += pack_reply("Malformed IPC message: %s" % exc)
+                return self.flush()
+            if request is None:
+                if self.eof:
+                    self.close()
+                return
+            cmd, words, used = request
+            del self.inbuf[:used]
+            self.closing = not self.inbuf
+            self.outbuf += pack_reply(self.server.control.execute_binary(cmd, words))
+            self.flush()
+
+    def process_lines(self):
         while self.sock is not None and not self.outbuf:
             end = self.inbuf.find(b"\n")
             if end < 0:
@@ -2535,15 +2833,23 @@ class ControlServer:
     @staticmethod
     def _bind(path):
         probe_socket(path)
+        if os.path.isdir(path):
+            raise Fatal(EX_OSERR, "the control socket %s is a directory: give -u the name of a "
+                        "socket file, e.g. -u %s" % (path, os.path.join(path, "smcroute.sock")))
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise Fatal(EX_OSERR, "cannot create the control socket %s: there is no directory %s; "
+                        "create it, or give -u another path" % (path, folder))
         if os.path.exists(path):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise Fatal(EX_OSERR, "cannot create the control socket %s: %s"
+                        % (path, describe(exc))) from None
         finally:
             os.umask(old_umask)
         sock.listen(64)
@@ -2614,7 +2920,7 @@ class Daemon:
     def start(self):
         # Nothing of another daemon's is touched when this one cannot
         # start: its socket is checked before anything is created here.
-        probe_socket(self.options.socket)
+        probe_socket(self.options.daemon_socket())
         self.kernels = open_kernels(self.options.table)
         if not self.kernels:
             raise Fatal(EX_NOKERNEL, "the kernel has no multicast routing")
@@ -2628,7 +2934,7 @@ class Daemon:
             self.selector.register(kernel.sock, selectors.EVENT_READ, self._upcall_reader(kernel))
         self.selector.register(self.interfaces.sock, selectors.EVENT_READ,
                                lambda mask: self.read_interface_events())
-        self.server = ControlServer(self.options.socket, self.selector, Control(self))
+        self.server = ControlServer(self.options.daemon_socket(), self.selector, Control(self))
         self._catch_signals()
         events.listeners.append(self.on_event)
         if os.path.exists(self.options.config):
@@ -2641,6 +2947,8 @@ class Daemon:
             self.timers.append(Periodic(self.options.expire, self.router.expire))
         if self.script:
             self.timers.append(self.script)
+        if self.options.lifetime is not None:
+            self.timers.append(Periodic(self.options.lifetime, self.stop_at_the_end_of_life))
         if self.options.pidfile:
             with open(self.options.pidfile, "w") as pidfile:
                 pidfile.write("%d\n" % os.getpid())
@@ -2649,6 +2957,10 @@ class Daemon:
         if self.script:
             self.script.run("start")
         log.notice("smcroute.py %s ready" % VERSION)
+
+    def stop_at_the_end_of_life(self):
+        log.notice("exiting after %d seconds (-D)" % self.options.lifetime)
+        self.running = False
 
     def status(self):
         return "%d routes, %d learned, %d joins" % (len(self.router.rules.exact),
@@ -2779,13 +3091,191 @@ class Daemon:
 
 
 # ---------------------------------------------------------------------------
-# CLI
+# CLI: one program, three personalities by the name it runs as
 # ---------------------------------------------------------------------------
+#
+#   smcrouted     SMCRoute 2.6.0's daemon, its options and their meaning
+#   smcroutectl   SMCRoute 2.6.0's client, its options, output and exit codes
+#   anything else (smcroute.py, smcroute.pyz, smcroute): our own interface,
+#                 the daemon in the foreground, and a client with SMCRoute
+#                 1.99's -a -r -j -l -k
+
+SMCROUTE_SOCKET = "/run/smcroute.sock"
+OTHER_SOCKET = {DEFAULT_SOCKET: SMCROUTE_SOCKET, SMCROUTE_SOCKET: DEFAULT_SOCKET}
+
+HELP = """\
+usage: %(prog)s [OPTIONS]                          run the daemon, in the foreground
+       %(prog)s [-u SOCK] COMMAND [ARG ...]        send the daemon a command
+       %(prog)s [-u SOCK] -a IIF SRC GRP OIF ...   add a route      (SMCRoute 1.99's
+       %(prog)s [-u SOCK] -r IIF SRC GRP           remove a route    client options;
+       %(prog)s [-u SOCK] -j IIF [SRC] GRP         join a group      several may follow
+       %(prog)s [-u SOCK] -l IIF [SRC] GRP         leave a group     one another)
+       %(prog)s [-u SOCK] -k                       stop the daemon
+       %(prog)s [-u SOCK] -F FILE                  check a config file, and preview a reload
+
+Daemon options:
+  -f FILE            config file (default /etc/smcroute.conf, or /etc/NAME.conf with -i)
+  -u SOCK            control socket (default /run/smcroute, or /run/NAME.sock with -i)
+  -P FILE            PID file, written when ready (default /run/smcroute.pid)
+  -i NAME            identity: config, socket, PID file and syslog name, so that
+                     several daemons can run side by side
+  -t ID              use multicast routing table ID (needs `ip mrule` rules)
+  -m SEC             router discovery (RFC 4286) interval, 4..180 (default 20)
+  -c SEC             expire idle learned routes after SEC..2*SEC s (default 60, 0: never)
+  -e CMD             run CMD start|reload|install, never through a shell
+  -d                 detach into the background, log to syslog
+  -n                 stay in the foreground (the default), log to stderr
+  -s                 log to syslog, also in the foreground
+  -D                 debug log, same as --log-level debug
+  --log-level LEVEL  none, error, warning, notice (default), info or debug
+  -v                 print the version
+  -h                 print this help
+
+Commands (also over the socket, one a line; see README):
+  add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]    del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]
+  join IIF [SRC[/LEN]] GRP[/LEN]             leave IIF [SRC[/LEN]] GRP[/LEN]
+  show [routes|groups|interfaces|pending] [json]
+  flush   reload   check [FILE]   monitor   kill   version   help
+
+Signals: HUP reloads the config, INT and TERM stop the daemon.
+Exit codes: 0 ok, 1 the daemon refused a command, 64 usage, 69 routing table or
+socket taken (daemon) or no daemon answers (client), 71 OS error, 76 no multicast
+routing in the kernel, 77 not allowed (run as root), 78 bad config (-F).
+"""
+
+SMCROUTED_HELP = """\
+usage: %(prog)s [-hnNsv] [-c SEC] [-d SEC] [-D SEC] [-e CMD] [-f FILE] [-F FILE]
+       %(pad)s [-i NAME] [-l LEVEL] [-m SEC] [-P FILE] [-t ID] [-u FILE]
+
+smcroute.py as SMCRoute 2.6.0's smcrouted:
+  -c SEC     expire idle learned (*,G) routes after SEC..2*SEC s (default 60, 0: never)
+  -d SEC     wait SEC seconds before reading interfaces and the config
+  -D SEC     exit after SEC seconds
+  -e CMD     run CMD start|reload|install, never through a shell
+  -f FILE    config file (default /etc/NAME.conf)
+  -F FILE    check FILE, print its problems, exit 0 or 78
+  -h         this help
+  -i NAME    identity: /etc/NAME.conf, /run/NAME.pid, /run/NAME.sock, syslog name
+             (default smcroute); -I NAME is the same
+  -l LEVEL   log level: none, err, warn, notice (default), info, debug, or a number
+  -m SEC     router discovery (RFC 4286) interval, 4..180 (default 20)
+  -n         stay in the foreground, log to stderr (default: detach, log to syslog)
+  -N         accepted: VIFs are always created only where rules need them
+  -p USER    not available: see README (Python's standard library cannot keep
+             CAP_NET_ADMIN across a change of user; give the user the
+             capabilities from outside instead, e.g. systemd's AmbientCapabilities=)
+  -P FILE    PID file (default /run/NAME.pid)
+  -s         log to syslog, also in the foreground
+  -t ID      multicast routing table ID (needs `ip mrule` rules)
+  -u FILE    control socket (default /run/NAME.sock)
+  -v         print the version
+"""
+
+SMCROUTECTL_HELP = """\
+usage: %(prog)s [-bdhjptv] [-i NAME] [-u FILE] [COMMAND [ARG ...]]
+
+smcroute.py as SMCRoute 2.6.0's smcroutectl:
+  -b         batch: read commands from standard input, one a line
+  -d         detail: packet and byte counters in show
+  -h         this help
+  -i NAME    the daemon's identity: its socket is /run/NAME.sock; -I NAME is the same
+  -j         show as JSON
+  -p         plain headings: no terminal control codes
+  -t         no headings
+  -u FILE    the daemon's socket (default /run/smcroute.sock, else /run/smcroute)
+  -v         print the version
+
+Commands (any unique prefix; r is reload, rem remove):
+  help | version | flush | kill | reload | restart
+  show [routes | groups | interfaces | pending]
+  add    IIF [SRC[/LEN]] GRP[/LEN] OIF [OIF ...]
+  remove IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]      (or del)
+  join   IIF [SRC[/LEN]] GRP[/LEN]
+  leave  IIF [SRC[/LEN]] GRP[/LEN]
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def getopt(argv, shortopts, longopts=(), permute=True):
+    """Options as glibc's getopt takes them: clustered (-pd), values
+    attached (-uSOCK) or following (-u SOCK), anywhere among the arguments
+    unless `permute` is off, `--` to end them; long options (NAME= for a
+    value) by any unique prefix.  Returns ([(flag, value)], arguments)."""
+    opts, args = [], []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            args += words
+        elif word.startswith("--"):
+            name, equals, value = word[2:].partition("=")
+            found = [o for o in longopts if o.rstrip("=") == name] or \
+                [o for o in longopts if o.startswith(name)]
+            if len(found) != 1:
+                raise UsageError("%s option '%s'" % ("ambiguous" if found else "unrecognized", word))
+            option = found[0]
+            if option.endswith("=") and not equals:
+                value = next(words, None)
+                if value is None:
+                    raise UsageError("option '--%s' requires an argument" % option[:-1])
+            elif equals and not option.endswith("="):
+                raise UsageError("option '--%s' doesn't allow an argument" % option)
+            opts.append(("--" + option.rstrip("="), value))
+        elif word.startswith("-") and word != "-":
+            letters = word[1:]
+            while letters:
+                letter, letters = letters[0], letters[1:]
+                spec = shortopts.find(letter)
+                if letter == ":" or spec < 0:
+                    raise UsageError("invalid option -- '%s'" % letter)
+                if shortopts[spec + 1:spec + 2] != ":":
+                    opts.append(("-" + letter, ""))
+                    continue
+                value = letters or next(words, None)
+                if value is None:
+                    raise UsageError("option requires an argument -- '%s'" % letter)
+                opts.append(("-" + letter, value))
+                break
+        elif permute:
+            args.append(word)
+        else:
+            args += [word] + list(words)
+    return opts, args
+
+
+# syslog's priority names in glibc's order (prioritynames), as SMCRoute
+# matches them: the first name that a word begins, or that begins the word.
+SYSLOG_LEVELS = (("alert", 1), ("crit", 2), ("debug", 7), ("emerg", 0), ("err", 3), ("error", 3),
+                 ("info", 6), ("none", -1), ("notice", 5), ("panic", 0), ("warn", 4),
+                 ("warning", 4))
+
+
+def parse_level(text):
+    if text.isdigit():
+        return min(int(text), syslog.LOG_DEBUG)
+    word = text.lower()
+    for name, level in SYSLOG_LEVELS:
+        if word and (name.startswith(word) or word.startswith(name)):
+            return level
+    raise UsageError("unknown log level %r, expected none, error, warning, notice, info, debug "
+                     "or a number" % text)
+
+
+def parse_seconds(flag, value, allowed=None):
+    if not value.isdigit() or (allowed is not None and int(value) not in allowed):
+        raise UsageError("%s needs a number of seconds%s" % (
+            flag, "" if allowed is None else " from %d to %d" % (allowed[0], allowed[-1])))
+    return int(value)
 
 
 class Options:
-    def __init__(self):
+    """How to run the daemon, or which command to send it."""
+
+    def __init__(self, default_socket):
         self.identity = IDENTITY
+        self.default_socket = default_socket
         self.config = None          # these three follow the identity unless given
         self.socket = None
         self.pidfile = None
@@ -2795,122 +3285,156 @@ class Options:
         self.script = None
         self.detach = False
         self.syslog = False
+        self.delay = 0              # smcrouted -d
+        self.lifetime = None        # smcrouted -D
         self.check = None
-        self.command = None         # words of a control command
+        self.commands = []          # each the words of a control command
+
+    def daemon_option(self, flag, value):
+        """The options every personality's daemon takes alike; False for
+        one that is not among them."""
+        if flag == "-f":
+            self.config = value
+        elif flag == "-u":
+            self.socket = value
+        elif flag == "-P":
+            self.pidfile = value
+        elif flag == "-F":
+            self.check = value
+        elif flag == "-s":
+            self.syslog = True
+        elif flag in ("-i", "-I"):
+            if not value or "/" in value:
+                raise UsageError("%s needs a name without '/'" % flag)
+            self.identity = log.ident = value
+        elif flag == "-t":
+            if not (value.isdigit() and int(value) < 1 << 32):
+                raise UsageError("-t needs a routing table number")
+            self.table = int(value)
+        elif flag == "-e":
+            if not (os.path.isfile(value) and os.access(value, os.X_OK)):
+                raise UsageError("-e %s: not an executable file" % value)
+            self.script = os.path.abspath(value)
+        elif flag == "-m":
+            self.mrdisc = parse_seconds(flag, value, MRDISC_INTERVALS)
+        elif flag == "-c":
+            self.expire = parse_seconds(flag, value)
+        else:
+            return False
+        return True
 
     def resolve(self):
         """Fill in the paths the identity implies, as SMCRoute names them."""
         if self.config is None:
             self.config = "/etc/%s.conf" % self.identity
-        if self.socket is None:
-            self.socket = DEFAULT_SOCKET if self.identity == IDENTITY else "/run/%s.sock" % self.identity
         if self.pidfile is None:
             self.pidfile = "/run/%s.pid" % self.identity
         return self
 
+    def socket_paths(self):
+        """Where a client looks for the daemon: the socket given, else this
+        personality's default then the other one, so that smcroute.py and
+        SMCRoute's names find each other."""
+        if self.socket is not None:
+            return [self.socket]
+        if self.identity != IDENTITY:
+            return ["/run/%s.sock" % self.identity]
+        return [self.default_socket, OTHER_SOCKET[self.default_socket]]
 
-CLIENT_FLAGS = {"-a": "add", "-r": "del", "-j": "join", "-l": "leave", "-k": "kill"}
-
-
-class UsageError(Exception):
-    pass
-
-
-def parse_args(argv):
-    options = Options()
-    try:
-        opts, args = getopt.getopt(argv, "hvdnsDf:u:P:F:c:i:t:e:m:arjlk",
-                                   ["log-level=", "help", "version"])
-    except getopt.GetoptError as exc:
-        raise UsageError(str(exc)) from None
-    for flag, value in opts:
-        if flag in ("-h", "--help"):
-            options.command = ["usage"]
-        elif flag in ("-v", "--version"):
-            options.command = ["local-version"]
-        elif flag == "-d":
-            options.detach = True
-        elif flag == "-s":
-            options.syslog = True
-        elif flag == "-D":
-            log.level = syslog.LOG_DEBUG
-        elif flag == "--log-level":
-            if value.lower() not in LOG_LEVELS:
-                raise UsageError("unknown log level %r, expected one of: %s"
-                                 % (value, ", ".join(LOG_LEVELS)))
-            log.level = LOG_LEVELS[value.lower()]
-        elif flag == "-f":
-            options.config = value
-        elif flag == "-u":
-            options.socket = value
-        elif flag == "-P":
-            options.pidfile = value
-        elif flag == "-F":
-            options.check = value
-        elif flag == "-i":
-            if not value or "/" in value:
-                raise UsageError("-i needs a name without '/'")
-            options.identity = log.ident = value
-        elif flag == "-t":
-            if not (value.isdigit() and int(value) < 1 << 32):
-                raise UsageError("-t needs a routing table number")
-            options.table = int(value)
-        elif flag == "-e":
-            if not (os.path.isfile(value) and os.access(value, os.X_OK)):
-                raise UsageError("-e %s: not an executable file" % value)
-            options.script = os.path.abspath(value)
-        elif flag == "-m":
-            if not (value.isdigit() and int(value) in MRDISC_INTERVALS):
-                raise UsageError("-m needs a number of seconds from %d to %d"
-                                 % (MRDISC_INTERVALS[0], MRDISC_INTERVALS[-1]))
-            options.mrdisc = int(value)
-        elif flag == "-c":
-            if not value.isdigit():
-                raise UsageError("-c needs a number of seconds")
-            options.expire = int(value)
-        elif flag in CLIENT_FLAGS:
-            options.command = [CLIENT_FLAGS[flag]] + args
-    if options.command is None and args:
-        options.command = args
-    return options.resolve()
+    def daemon_socket(self):
+        return self.socket_paths()[0]
 
 
-def send_command(path, words):
-    """Send one command line; returns (data lines, final line)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-        sock.sendall((" ".join(words) + "\n").encode())
-        reader = sock.makefile("r", encoding="utf-8", errors="replace")
-        lines = []
-        for line in reader:
-            line = line.rstrip("\n")
-            if line == "ok" or line.startswith("error:"):
-                return lines, line
-            lines.append(line)
-        return lines, "error: the daemon closed the connection"
-    finally:
+# The client side of the text protocol ----------------------------------------
+
+CONNECT_TRIES = 30          # a daemon that is starting: SMCRoute's client waits 3 s
+CONNECT_PAUSE = 0.1
+
+
+class NoDaemon(Exception):
+    """No daemon answers; the text says where we looked and what to do."""
+
+
+def connect(options):
+    """(socket, path): a connection to the daemon at the first path where
+    one answers, retrying while the daemon is still starting."""
+    paths = options.socket_paths()
+    for path in paths:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        for attempt in range(CONNECT_TRIES):
+            try:
+                sock.connect(path)
+                return sock, path
+            except (ConnectionRefusedError, BlockingIOError) as exc:
+                error = exc
+                if os.path.isdir(path) or attempt + 1 == CONNECT_TRIES:
+                    break
+                time.sleep(CONNECT_PAUSE)
+            except OSError as exc:
+                error = exc
+                break
         sock.close()
+        if len(paths) > 1 and isinstance(error, (FileNotFoundError, ConnectionRefusedError)):
+            continue
+        raise NoDaemon(no_daemon_text(path, error, explicit=len(paths) == 1))
+    raise NoDaemon(no_daemon_text(" nor ".join(paths), error, explicit=False))
 
 
-def run_client(options):
+def no_daemon_text(path, error, explicit):
+    """SMCRoute 2.6.0's two lines for a path the user gave, then our hint."""
+    lines = []
+    if isinstance(error, FileNotFoundError):
+        lines.append("Cannot find IPC socket %s" % path)
+    lines.append("Failed connecting to daemon: %s" % describe(error))
+    if os.path.isdir(path):
+        lines.append("%s is a directory: give -u the daemon's socket file in it" % path)
+    elif isinstance(error, PermissionError):
+        lines.append("the daemon's socket is root's: run this as root")
+    elif isinstance(error, ConnectionRefusedError):
+        lines.append("nothing answers on %s: is the daemon running?" % path)
+    elif not explicit:
+        lines.append("is the daemon running? give its socket with -u FILE, or its identity "
+                     "with -i NAME")
+    return lines
+
+
+def send_command(sock, words):
+    """Send one command line; returns (data lines, final line)."""
+    sock.sendall((" ".join(words) + "\n").encode())
+    lines = []
+    for line in sock.makefile("r", encoding="utf-8", errors="replace"):
+        line = line.rstrip("\n")
+        if line == "ok" or line.startswith(("error:", "{")):
+            return lines, line
+        lines.append(line)
+    return lines, "error: the daemon closed the connection"
+
+
+def run_commands(options, prog):
+    """smcroute.py as a client: each command's data lines, in order; 1 at
+    the first the daemon refuses, 69 when no daemon answers."""
     try:
-        lines, final = send_command(options.socket, options.command)
-    except OSError as exc:
-        sys.stderr.write("smcroute: cannot reach the daemon at %s: %s\n"
-                         % (options.socket, describe(exc)))
+        sock, _ = connect(options)
+    except NoDaemon as exc:
+        for line in exc.args[0]:
+            sys.stderr.write("%s: %s\n" % (prog, line))
         return EX_UNAVAILABLE
-    for line in lines:
-        print(line)
-    if final != "ok":
-        sys.stderr.write("smcroute: %s\n" % final)
-        return EX_FAIL
+    with sock:
+        for words in options.commands:
+            lines, final = send_command(sock, words)
+            for line in lines:
+                print(line)
+            if final.startswith("{"):
+                print(final)
+            elif final != "ok":
+                sys.stderr.write("%s: %s\n" % (prog, final))
+                return EX_FAIL
     return EX_OK
 
 
-def check_config(path, socket_path):
-    """Print a config file's problems; when a daemon answers on
-    `socket_path`, also what a reload of the file would change there."""
+def check_config(path, options):
+    """Print a config file's problems; when a daemon answers, also what a
+    reload of the file would change there."""
     config = read_config(path)
     for problem in config.errors:
         print("error: " + problem)
@@ -2919,14 +3443,321 @@ def check_config(path, socket_path):
     if config.errors:
         return EX_CONFIG
     try:
-        lines, final = send_command(socket_path, ["check", os.path.abspath(path)])
-    except OSError:
+        sock, where = connect(options)
+    except NoDaemon:
         return EX_OK                # no daemon: nothing to compare with
+    with sock:
+        lines, final = send_command(sock, ["check", os.path.abspath(path)])
     if final == "ok":
-        print("a reload of %s would change, in the daemon at %s:" % (path, socket_path))
+        print("a reload of %s would change, in the daemon at %s:" % (path, where))
         for line in lines:
             print("  " + line)
     return EX_OK
+
+
+# smcroutectl's rendering of SMCRoute's tables ----------------------------------
+
+DEFAULT_WIDTH = 79          # plain-mode rules, and the width when the terminal does not answer
+UNDERLINE, REVERSE, NORMAL = "\033[4m", "\033[7m", "\033[0m"
+# The cursor-position query: save the cursor, reset the scroll region, move
+# as far right and down as the terminal goes, ask where the cursor is; then
+# restore it.  The answer is ESC [ row ; column R.
+CURSOR_QUERY = b"\0337\033[r\033[999;999H\033[6n"
+CURSOR_RESTORE = b"\0338"
+PROBE_TIMEOUT = 0.3         # seconds, as strace shows 2.6.0 waiting on stdin
+ANSWER_MAX = 32
+
+
+def heading(mark, text, plain, width):
+    """A title (`_`) or column header (`=`) line as smcroutectl prints it."""
+    if plain:
+        # A header longer than the default gets a rule as long as itself;
+        # title rules are always the default's length in 2.6.0.
+        rule = mark * (max(DEFAULT_WIDTH, len(text)) if mark == HEADER_MARK else DEFAULT_WIDTH) + "\n"
+        return rule + text + "\n" + (rule if mark == HEADER_MARK else "")
+    if mark == TITLE_MARK:
+        return UNDERLINE + " " * width() + NORMAL + "\n" + text + "\n"
+    # abs(): a header wider than the terminal gets padded, not cut (2.6.0).
+    return REVERSE + text + " " * abs(width() - len(text)) + NORMAL + "\n"
+
+
+def render(reply, plain, headings, width):
+    """smcroutectl's stdout for a show reply, a line at a time; `width` is
+    called before each heading (unless plain), so that writing each piece
+    before taking the next puts the terminal query where 2.6.0 does.  A
+    non-empty reply ends in a blank line."""
+    if not reply:
+        return
+    for line in reply.split("\n"):
+        mark = line[-1:]
+        if mark not in (TITLE_MARK, HEADER_MARK):
+            yield line + "\n"
+        elif headings:
+            yield heading(mark, line[:-1], plain, width)
+
+
+def cursor_column(data):
+    """The column of the last ESC[row;colR in data, or None."""
+    start = data.rfind(b"\033[")
+    end = data.find(b"R", start)
+    row, sep, col = data[start + 2:end].partition(b";")
+    if start < 0 or end < 0 or not (sep and row.isdigit() and col.isdigit() and int(col)):
+        return None
+    return int(col)
+
+
+def terminal_width(query_fd=2, answer_fd=0):
+    """smcroutectl's width probe: the query goes to stderr with echo and
+    canonical mode off, the answer is read from stdin; DEFAULT_WIDTH when
+    none comes.  Neither COLUMNS nor the window size counts, as in 2.6.0."""
+    import termios
+    try:
+        saved = termios.tcgetattr(query_fd)
+        mode = termios.tcgetattr(query_fd)
+        mode[3] &= ~(termios.ICANON | termios.ECHO)
+        mode[6][termios.VMIN], mode[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(query_fd, termios.TCSANOW, mode)
+    except (termios.error, OSError):
+        saved = None
+    answer = b""
+    try:
+        write_all(query_fd, CURSOR_QUERY)
+        poller = select.poll()
+        poller.register(answer_fd, select.POLLIN)
+        deadline = time.monotonic() + PROBE_TIMEOUT
+        while b"R" not in answer and len(answer) < ANSWER_MAX:
+            left = deadline - time.monotonic()
+            if left <= 0 or not poller.poll(left * 1000):
+                break
+            chunk = os.read(answer_fd, ANSWER_MAX)
+            if not chunk:
+                break               # stdin is /dev/null: no terminal answers
+            answer += chunk
+        write_all(query_fd, CURSOR_RESTORE)
+    except OSError:
+        pass
+    finally:
+        if saved is not None:
+            try:
+                termios.tcsetattr(query_fd, termios.TCSANOW, saved)
+            except (termios.error, OSError):
+                pass
+    return cursor_column(answer) or DEFAULT_WIDTH
+
+
+def write_all(fd, data):
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def write_show(reply, plain, headings):
+    """Print a show reply as smcroutectl does, asking the terminal for its
+    width before each heading unless plain."""
+    pending = []
+
+    def flush():
+        write_all(1, "".join(pending).encode("utf-8", "replace"))
+        del pending[:]
+
+    def width():
+        flush()                     # what came before the heading is on the screen first
+        return terminal_width()
+
+    pending.extend(render(reply, plain, headings, width))
+    flush()
+
+
+# The personalities ----------------------------------------------------------------
+
+def smcroute_main(prog, argv):
+    """Our own interface: the daemon in the foreground (or -d), a client for
+    any command, and SMCRoute 1.99's client options, each taking the words
+    after it up to the next option."""
+    options = Options(DEFAULT_SOCKET)
+    rest = []
+    words = iter(argv)
+    for word in words:
+        if word in CLIENT_FLAGS:
+            command = [CLIENT_FLAGS[word]]
+            for word in words:
+                if word.startswith("-"):
+                    rest.append(word)
+                    break
+                command.append(word)
+            options.commands.append(command)
+        else:
+            rest.append(word)
+    opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:", ("log-level=", "help", "version"))
+    for flag, value in opts:
+        if flag in ("-h", "--help"):
+            sys.stdout.write(HELP % {"prog": prog})
+            return EX_OK
+        if flag in ("-v", "--version"):
+            print("smcroute.py %s" % VERSION)
+            return EX_OK
+        if options.daemon_option(flag, value):
+            continue
+        if flag == "-d":
+            options.detach = True
+        elif flag == "-D":
+            log.level = syslog.LOG_DEBUG
+        elif flag == "--log-level":
+            log.level = parse_level(value)
+    if args:
+        if options.commands:
+            raise UsageError("give a COMMAND or client options (-a -r -j -l -k), not both")
+        options.commands.append(args)
+    options.resolve()
+    if options.check is not None:
+        return check_config(options.check, options)
+    if options.commands:
+        return run_commands(options, prog)
+    return run_daemon(options)
+
+
+CLIENT_FLAGS = {"-a": "add", "-r": "del", "-j": "join", "-l": "leave", "-k": "kill"}
+
+
+def smcrouted_main(prog, argv):
+    options = Options(SMCROUTE_SOCKET)
+    options.detach = True
+    opts, args = getopt(argv, "c:d:D:e:f:F:hI:i:l:m:nNp:P:st:u:v")
+    if args:
+        raise UsageError("unexpected argument %r" % args[0])
+    for flag, value in opts:
+        if flag == "-h":
+            sys.stdout.write(SMCROUTED_HELP % {"prog": prog, "pad": " " * len(prog)})
+            return EX_OK
+        if flag == "-v":
+            print("smcroute.py %s (SMCRoute 2.6.0 compatible)" % VERSION)
+            return EX_OK
+        if options.daemon_option(flag, value):
+            continue
+        if flag == "-n":
+            options.detach = False
+        elif flag == "-l":
+            log.level = parse_level(value)
+        elif flag == "-d":
+            options.delay = parse_seconds(flag, value)
+        elif flag == "-D":
+            options.lifetime = parse_seconds(flag, value)
+        elif flag == "-p":
+            raise UsageError(
+                "-p %s: cannot drop to a user and keep CAP_NET_ADMIN and CAP_NET_RAW: that takes "
+                "prctl() and capset(), which Python's standard library cannot call, and the daemon "
+                "never runs half-dropped. Start it as that user with the capabilities instead, "
+                "e.g. systemd's User= and AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW" % value)
+    options.resolve()
+    if options.check is not None:
+        return check_config(options.check, options)
+    return run_daemon(options)
+
+
+# smcroutectl's commands in its table order, which decides prefixes: "r" is
+# reload, "rem" remove, "s g" show groups.
+SMCROUTECTL_COMMANDS = ("help", "version", "flush", "kill", "reload", "restart", "show", "add",
+                        "remove", "del", "join", "leave")
+SMCROUTECTL_TEXT = {"flush": "flush", "kill": "kill", "reload": "reload", "restart": "reload",
+                    "add": "add", "remove": "del", "del": "del", "join": "join", "leave": "leave"}
+
+
+def smcroutectl_main(prog, argv):
+    options = Options(SMCROUTE_SOCKET)
+    view = {"detail": False, "json": False, "plain": False, "headings": True}
+    batch = False
+    opts, args = getopt(argv, "bdhI:i:jptu:v")
+    for flag, value in opts:
+        if flag == "-h":
+            sys.stdout.write(SMCROUTECTL_HELP % {"prog": prog})
+            return EX_OK
+        if flag == "-v":
+            print("smcroute.py %s (SMCRoute 2.6.0 compatible)" % VERSION)
+            return EX_OK
+        if flag == "-b":
+            batch = True
+        elif flag in ("-u", "-i", "-I"):
+            options.daemon_option(flag, value)
+        else:
+            view[{"-d": "detail", "-j": "json", "-p": "plain", "-t": "headings"}[flag]] = flag != "-t"
+    if batch:
+        commands = [line.split() for line in sys.stdin if line.strip() and not line.lstrip().startswith("#")]
+    else:
+        commands = [args or ["show"]]
+    status = EX_OK
+    for words in commands:
+        status = max(status, smcroutectl_command(prog, options, words, view))
+    return status
+
+
+def smcroutectl_command(prog, options, words, view):
+    names = [name for name in SMCROUTECTL_COMMANDS if name.startswith(words[0].lower())]
+    if not names:
+        sys.stderr.write("%s: unknown command %r, see %s -h\n" % (prog, words[0], prog))
+        return EX_FAIL
+    name, args = names[0], words[1:]
+    if name == "help":
+        sys.stdout.write(SMCROUTECTL_HELP % {"prog": prog})
+        return EX_OK
+    if name == "version":
+        print("smcroute.py %s (SMCRoute 2.6.0 compatible)" % VERSION)
+        return EX_OK
+    if name == "show":
+        form = "json" if view["json"] else "smcroute detail" if view["detail"] else "smcroute"
+        text = ["show", smcroute_topic(args), form]
+    else:
+        text = [SMCROUTECTL_TEXT[name]] + args
+    try:
+        sock, _ = connect(options)
+    except NoDaemon as exc:
+        for line in exc.args[0]:
+            sys.stderr.write("%s: %s\n" % (prog, line))
+        return EX_FAIL
+    with sock:
+        lines, final = send_command(sock, text)
+    if final.startswith("error:"):
+        sys.stderr.write("%s: %s\n" % (prog, final[len("error:"):].strip()))
+        return EX_FAIL
+    if final.startswith("{"):
+        sys.stdout.write(final + "\n\n")
+    elif name == "show":
+        sys.stdout.flush()
+        write_show("".join(line + "\n" for line in lines), view["plain"], view["headings"])
+    return EX_OK
+
+
+PERSONALITIES = {"smcrouted": smcrouted_main, "smcroutectl": smcroutectl_main}
+
+
+def run_daemon(options):
+    if options.detach or options.syslog:
+        warn_without_syslog()
+    if options.syslog:
+        log.use_syslog()
+    status_fd = detach() if options.detach else None
+    if options.delay:
+        time.sleep(options.delay)
+    daemon = Daemon(options)
+    status = EX_OK
+    try:
+        daemon.start()
+        if status_fd is not None:
+            become_daemon(status_fd)
+            status_fd = None
+        daemon.run()
+    except Fatal as exc:
+        log.error(str(exc))
+        status = exc.code
+    except PermissionError as exc:
+        log.error("%s: run as root, or with CAP_NET_ADMIN and CAP_NET_RAW" % exc.strerror)
+        status = EX_NOPERM
+    except OSError as exc:
+        log.error(describe(exc))
+        status = EX_OSERR
+    finally:
+        daemon.close()
+    if status_fd is not None:
+        os.write(status_fd, bytes([status]))
+    return status
 
 
 SYSLOG_SOCKET = "/dev/log"
@@ -2952,7 +3783,7 @@ def warn_without_syslog():
 
 def detach():
     """Fork into the background; the parent exits with the child's start-up
-    status, so `smcroute.py -d` fails visibly when the daemon cannot start."""
+    status, so a failed start is visible where the daemon was started."""
     reader, writer = os.pipe()
     if os.fork():
         os.close(writer)
@@ -2976,53 +3807,22 @@ def become_daemon(status_fd):
     log.use_syslog()
 
 
-def run_daemon(options):
-    if options.detach or options.syslog:
-        warn_without_syslog()
-    if options.syslog:
-        log.use_syslog()
-    status_fd = detach() if options.detach else None
-    daemon = Daemon(options)
-    status = EX_OK
-    try:
-        daemon.start()
-        if status_fd is not None:
-            become_daemon(status_fd)
-            status_fd = None
-        daemon.run()
-    except Fatal as exc:
-        log.error(str(exc))
-        status = exc.code
-    except PermissionError as exc:
-        log.error("%s: run as root, or with CAP_NET_ADMIN and CAP_NET_RAW" % exc.strerror)
-        status = EX_NOPERM
-    except OSError as exc:
-        log.error(describe(exc))
-        status = EX_OSERR
-    finally:
-        daemon.close()
-    if status_fd is not None:
-        os.write(status_fd, bytes([status]))
-    return status
+def program_name(path):
+    """The personality a path names: smcrouted, smcroutectl, or our own;
+    an extension (.py, .pyz) does not count."""
+    return os.path.basename(path).split(".")[0]
 
 
 def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    prog = os.path.basename(argv[0])
+    personality = PERSONALITIES.get(program_name(argv[0]), smcroute_main)
     try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
+        return personality(prog, argv[1:])
     except UsageError as exc:
-        sys.stderr.write("smcroute: %s\n%s" % (exc, USAGE))
-        return EX_USAGE
-    if options.command == ["usage"]:
-        sys.stdout.write(USAGE)
-        return EX_OK
-    if options.command == ["local-version"]:
-        print("smcroute.py %s" % VERSION)
-        return EX_OK
-    if options.check is not None:
-        return check_config(options.check, options.socket)
-    if options.command is not None:
-        return run_client(options)
-    return run_daemon(options)
+        sys.stderr.write("%s: %s\n" % (prog, exc))
+        sys.stderr.write("Try '%s -h' for more information.\n" % prog)
+        return EX_FAIL if personality is smcroutectl_main else EX_USAGE
 
 
 if __name__ == "__main__":

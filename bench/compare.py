@@ -1016,6 +1016,10 @@ class Row:
         return ("%.1f×" if ratio < 10 else "%.0f×") % ratio
 
 
+def reloads_text(args):
+    return "1 reload" if args.reloads == 1 else "%d reloads" % args.reloads
+
+
 def at_most(value):
     return None if value is None else ("≤", value)
 
@@ -1033,16 +1037,16 @@ def scale_rows(args):
         ready, reloaded = RSS_TARGETS.get(size, (None, None))
         rows += [Row("rss.ready.%d" % size, "%d RSS, %s (S,G), at ready" % (figure, n),
                      "MB", at_most(ready), "py/c", True, "rss"),
-                 Row("rss.reloaded.%d" % size, "%d RSS, %s (S,G), after %d reloads"
-                     % (figure, n, args.reloads), "MB", at_most(reloaded), "py/c", True, "rss")]
+                 Row("rss.reloaded.%d" % size, "%d RSS, %s (S,G), after %s"
+                     % (figure, n, reloads_text(args)), "MB", at_most(reloaded), "py/c", True, "rss")]
     rows += [Row("start.%d" % size, "4 start -> %s routes in the kernel" % size_text(size), "s",
                  at_most(START_TARGETS.get(size))) for size in args.sizes]
     for size in args.sizes:
         n = size_text(size)
         rows += [Row("reload.%d" % size, "5 reload (SIGHUP), %s unchanged" % n, "s",
                      at_most(RELOAD_TARGETS.get(size)), per_run=args.reloads),
-                 Row("lost.%d" % size, "5 packets lost, unchanged (S,G) at 1k/s, %d reloads of %s"
-                     % (args.reloads, n), "packets", ("=", 0), None)]
+                 Row("lost.%d" % size, "5 packets lost, unchanged (S,G) at 1k/s, %s of %s"
+                     % (reloads_text(args), n), "packets", ("=", 0), None)]
     for size in args.sizes:
         n, target = size_text(size), at_most(STALL_TARGET) if size >= 100000 else None
         rows += [Row("gap.start.%d" % size, "6 longest no answer, start on %s" % n, "s", target),
@@ -1117,8 +1121,8 @@ def print_notes(args, results):
                           for kind, v in samples.get("flood.rate", {}).items())
         print("9: %d new (S,G) flows from forged sources, one packet each, evenly spaced"
               % int(args.flood_rate * args.flood_seconds))
-        print("  (achieved: %s); learned = in the kernel %g s after the flood; answers as in 6."
-              % (rates, SETTLE))
+        print("  (achieved: %s);" % rates)
+        print("  learned = in the kernel %g s after the flood; answers as in 6." % SETTLE)
     for note in results["notes"]:
         print("note: " + note)
 
@@ -1165,7 +1169,18 @@ def build_pyz(workdir, notes):
     return path
 
 
-def machine_header(c_version):
+def source_text(program):
+    """Its version and the commit it comes from."""
+    git = ["git", "-C", ROOT]
+    commit = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if commit.returncode:
+        return run(PYTHON, program, "-v").strip()
+    changed = subprocess.run(git + ["diff", "--quiet", "HEAD", "--", "smcroute.py"]).returncode
+    return "%s at %s%s" % (run(PYTHON, program, "-v").strip(), commit.stdout.strip(),
+                           " + uncommitted changes" if changed else "")
+
+
+def machine_header(program, c_version):
     with open("/proc/cpuinfo") as cpuinfo:
         models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
     daemon_python = run(PYTHON, "-c", "import sys; print(sys.version.split()[0])").strip()
@@ -1175,7 +1190,7 @@ def machine_header(c_version):
         "cpu": "%d × %s" % (len(models), models[0] if models else "?"),
         "daemon python": "%s %s" % (PYTHON, daemon_python),
         "bench python": "%s %s" % (sys.executable, sys.version.split()[0]),
-        "smcroute.py": run(PYTHON, os.path.join(ROOT, "smcroute.py"), "-v").strip(),
+        "smcroute.py": source_text(program),
         "smcrouted": c_version,
     }
 
@@ -1230,11 +1245,14 @@ def main(argv=None):
     workdir = tempfile.mkdtemp(prefix="smcroute-bench-")
     bed = bench = None
     try:
+        # A copy, so that every run measures the same code even if the work
+        # tree changes meanwhile; the pyz is built from it at the same moment.
+        program = shutil.copy(os.path.join(ROOT, "smcroute.py"), workdir)
         pyz_path = None if args.no_pyz else build_pyz(workdir, results["notes"])
-        kinds = (PyKind("smcroute.py", os.path.join(ROOT, "smcroute.py")),
+        kinds = (PyKind("smcroute.py", program),
                  pyz_path and PyKind("smcroute.pyz", pyz_path),
                  CKind(c_version))
-        results["header"] = machine_header(c_version)
+        results["header"] = machine_header(program, c_version)
         bed = Bed()
         bench = Bench(args, bed, workdir)
         measure(args, bench, kinds, results)

@@ -270,8 +270,25 @@ class Daemon:
         assert reply and reply[-1] == "ok", (line, reply)
         return reply[:-1]
 
+    def json(self, table="routes"):
+        """`show TABLE json`: one line of JSON, in SMCRoute 2.6.0's layout."""
+        [line] = self.ctl("show %s json" % table)
+        return json.loads(line)[table]
+
     def show(self, table="routes"):
-        return json.loads(self.ok("show %s json" % table)[0])[table]
+        """The table as a list; routes as every kernel entry, then the exact
+        rules not in the kernel, then the templates, each a dict with a kind
+        (static, learned, stop, waiting or template)."""
+        if table != "routes":
+            shown = self.json(table)
+            return shown["kernel"] if table == "groups" else shown
+        routes = self.json("routes")
+        exact = {(r["source"], r["group"]) for r in routes["ssm"]}
+        installed = {(r["source"], r["group"]) for r in routes["kernel"]}
+        rows = [dict(r, kind="static" if (r["source"], r["group"]) in exact else
+                     "learned" if r["oifs"] else "stop") for r in routes["kernel"]]
+        rows += [dict(r, kind="waiting") for r in routes["ssm"] if (r["source"], r["group"]) not in installed]
+        return rows + [dict(r, kind="template") for r in routes["asm"]]
 
     def cli(self, *args):
         """smcroute.py as a client, in the router namespace."""

@@ -57,7 +57,10 @@ def test_malformed_lines_get_errors_and_the_daemon_serves_on(start):
     assert daemon.ctl("add a/1 225.1.1.1 b1") == ["error: 'a/1' is not a valid interface name"]
     assert daemon.ctl("join a1 225.1.1.1 extra")[-1].startswith("error: usage: join")
     assert daemon.ctl("show nonsense")[-1].startswith("error: usage: show")
-    assert daemon.ctl("\x00\xff\x01garbage")[-1].startswith("error: unknown command")
+    assert daemon.ctl("\xff\x01garbage")[-1].startswith("error: unknown command")
+    # NUL bytes up front mean SMCRoute's binary protocol: garbage there is malformed.
+    assert daemon.ctl("\x00\xff\x01garbage") == ["Malformed IPC message: bad request length "
+                                                   "7093839458100822784\x00"]
     assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
 
 
@@ -206,9 +209,20 @@ def test_show_routes_with_counters(bed, start):
     lines = daemon.ok("show")
     assert lines[0].split() == ["KIND", "SOURCE", "GROUP", "IIF", "PACKETS", "BYTES", "OIFS"]
     assert lines[1].split() == ["static", "10.0.0.1", "225.1.2.3", "a1", "5", "215", "b1", "b2"]
-    [row] = daemon.show("routes")
-    assert row == {"kind": "static", "source": "10.0.0.1", "group": "225.1.2.3", "iif": "a1",
-                   "oifs": ["b1", "b2"], "waiting": [], "packets": 5, "bytes": 215}
+    rule = {"source": "10.0.0.1", "group": "225.1.2.3", "iif": "a1", "oifs": ["b1", "b2"],
+            "packets": 5, "bytes": 215}
+    assert daemon.json("routes") == {"asm": [], "ssm": [rule], "kernel": [rule]}
+
+
+def test_long_ipv6_addresses_keep_the_columns_straight(start):
+    source, group = "fd00:1234:5678:9abc:def0:1234:5678:9abc", "ff3e:1234:5678:9abc:def0:1234:5678:9abc"
+    daemon = start("mroute from a1 source %s group %s to b1\n" % (source, group)
+                   + "mroute from a1 group 225.1.0.0/16 to b2\n")
+    lines = daemon.ok("show")
+    assert [line.split()[:4] for line in lines] == [["KIND", "SOURCE", "GROUP", "IIF"],
+                                                   ["static", source, group, "a1"],
+                                                   ["template", "-", "225.1.0.0/16", "a1"]]
+    assert len({line.index(" a1 ") for line in lines[1:]} | {lines[0].index(" IIF ")}) == 1
 
 
 def test_show_interfaces_and_groups(start):
@@ -218,16 +232,21 @@ def test_show_interfaces_and_groups(start):
     assert (interfaces["a1"]["vif"], interfaces["a1"]["mif"]) == (0, None)
     assert interfaces["b1"]["vif"] is None       # no VIF until a learned route needs it
     assert interfaces["lo"]["multicast"] is False
-    assert daemon.show("groups") == [{"kind": "joined", "iif": "b2", "source": "10.0.0.1",
-                                      "group": "232.1.1.1"}]
-    assert daemon.ok("show groups")[1].split() == ["joined", "10.0.0.1", "232.1.1.1", "b2"]
+    joined = [{"source": "10.0.0.1", "group": "232.1.1.1", "iif": "b2"}]
+    assert daemon.json("groups") == {"conf": joined, "kernel": joined}
+    assert daemon.ok("show groups")[1].split() == ["10.0.0.1", "232.1.1.1", "b2"]
 
 
-def test_show_json_is_one_document(start):
+def test_show_json_is_the_whole_reply_so_socat_gives_valid_json(start):
+    """`echo 'show json' | socat - UNIX:...` must print one JSON document,
+    errors included."""
     daemon = start()
-    for table in ("routes", "groups", "interfaces"):
-        [line] = daemon.ok("show %s json" % table)
+    for table in ("routes", "groups", "interfaces", "pending"):
+        [line] = daemon.ctl("show %s json" % table)
         assert list(json.loads(line)) == [table]
+    assert json.loads(daemon.ctl("show json")[0]) == {"routes": {"asm": [], "ssm": [], "kernel": []}}
+    assert daemon.ctl("show routes json please") == [
+        '{"error":"usage: show [routes|groups|interfaces|pending] [json|smcroute [detail]]"}']
 
 
 # Groups at run time -----------------------------------------------------------
@@ -284,7 +303,7 @@ def test_client_prints_data_and_reports_errors(start):
     assert shown.stdout.split()[:6] == ["NAME", "INDEX", "STATE", "VIF", "MIF", "TTL"]
     failed = daemon.cli("-r", "a1", "10.0.0.1", "225.1.2.3")
     assert failed.returncode == 1
-    assert failed.stderr.startswith("smcroute: error: no such route")
+    assert failed.stderr.startswith("smcroute.py: error: no such route")
 
 
 def test_client_kill_stops_the_daemon(start):
