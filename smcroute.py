@@ -1574,9 +1574,10 @@ class Router:
         released = 0
         for size, kernel in self.kernels.items():
             keep = set()
+            # In config order, as SMCRoute 2.6.0 numbers them.
             wanted = [(t.iif, t) for t in self.rules.templates[size]]
             wanted += [(p.name, p) for p in self.phyints.values() if p.enabled]
-            for pattern, rule in wanted:
+            for pattern, rule in sorted(wanted, key=lambda want: want[1].origin):
                 for iface in self.usable(pattern):
                     keep.add(iface.index)
                     try:
