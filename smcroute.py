@@ -3575,18 +3575,15 @@ def smcroute_main(prog, argv):
     any command, and SMCRoute 1.99's client options, each taking the words
     after it up to the next option."""
     options = Options(DEFAULT_SOCKET)
-    rest = []
-    words = iter(argv)
-    for word in words:
+    rest, command = [], None
+    for word in argv:
         if word in CLIENT_FLAGS:
             command = [CLIENT_FLAGS[word]]
-            for word in words:
-                if word.startswith("-"):
-                    rest.append(word)
-                    break
-                command.append(word)
             options.commands.append(command)
+        elif command is not None and not word.startswith("-"):
+            command.append(word)
         else:
+            command = None          # another option ends the command's words
             rest.append(word)
     opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:", ("log-level=", "help", "version"))
     for flag, value in opts:
