@@ -15,7 +15,7 @@ VENV=${VENV:-.venv}
 # The commands the build and tests run, and the Debian packages that have them.
 PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
 make:make dockerd:docker.io debootstrap:debootstrap busybox:busybox script:bsdutils xxd:xxd
-smcroutectl:smcroute"
+smcroutectl:smcroute socat:socat"
 
 install_packages() {
     missing=""

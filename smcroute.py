@@ -2458,11 +2458,13 @@ def parse_request(buf):
     if len(buf) < length:
         return None
     _, cmd, count = REQUEST_HEADER.unpack_from(buf)
-    body = bytes(buf[REQUEST_HEADER.size:length])
-    if not 0x20 < cmd < 0x7f or not body.endswith(b"\0\0" if count else b"\0"):
-        raise ValueError("malformed request")
-    words = body[:-2].split(b"\0") if count else []
-    if len(words) != count or (not count and body != b"\0"):
+    if not 0x20 < cmd < 0x7f:
+        raise ValueError("no command %#x" % cmd)
+    words = bytes(buf[REQUEST_HEADER.size:length - 1])     # each NUL-terminated, then one more NUL
+    if buf[length - 1] or (words and not words.endswith(b"\0")):
+        raise ValueError("words not NUL-terminated")
+    words = words.split(b"\0")[:-1]
+    if len(words) != count:
         raise ValueError("request of %d words says %d" % (len(words), count))
     return chr(cmd), [word.decode("utf-8", "replace") for word in words], length
 

@@ -311,3 +311,11 @@ def test_client_kill_stops_the_daemon(start):
     assert daemon.cli("-k").returncode == 0
     assert daemon.proc.wait(5) == 0
     assert not os.path.exists(daemon.socket)
+
+
+def test_socat_pipes_the_json_reply_as_a_valid_document(bed, start):
+    """What the README shows: echo 'show ... json' | socat - UNIX:SOCK."""
+    daemon = start("mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1\n")
+    for table in ("routes", "groups", "interfaces", "pending"):
+        piped = bed.exec("rtr", "sh", "-c", "echo 'show %s json' | socat - UNIX:%s" % (table, daemon.socket))
+        assert list(json.loads(piped.stdout)) == [table]

@@ -1,12 +1,14 @@
 """The control protocol's framing, without a kernel: one Client on a
 socketpair, with a command table that echoes."""
 
+import os
 import selectors
 import socket
+import struct
 
 import pytest
 
-from smcroute import MAX_LINE, Client, CommandError, split_source_group
+from smcroute import MAX_LINE, Client, CommandError, pack_request, parse_request, split_source_group
 
 
 class Echo:
@@ -126,3 +128,67 @@ def test_the_source_is_optional(words, split):
 def test_no_group_is_a_usage_error():
     with pytest.raises(CommandError, match="usage: add IIF"):
         split_source_group([], "add IIF ...")
+
+
+# SMCRoute's binary requests, on the same socket -------------------------------
+
+class Binary(Echo):
+    def execute_binary(self, cmd, words):
+        return "%s %s" % (cmd, " ".join(words))
+
+
+@pytest.fixture
+def binary_pair(pair):
+    client, peer, server = pair
+    server.control = Binary()
+    return client, peer, server
+
+
+CAPTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "captures-2.6.0")
+
+
+@pytest.mark.parametrize("capture, cmd, words", [
+    ("req-add", "a", ["a1", "10.0.0.1", "225.7.7.7", "b1", "b2"]),
+    ("req-add-len", "a", ["a1", "10.0.0.0/24", "225.4.4.0/24", "b1"]),
+    ("req-show", "s", []),
+    ("req-d-show", "S", []),
+    ("req-p-show-groups", "s", ["groups"]),
+    ("req-join-ssm", "j", ["a1", "10.0.0.1", "232.1.1.1"]),
+])
+def test_requests_are_packed_and_parsed_as_smcroutectl_sends_them(capture, cmd, words):
+    with open(os.path.join(CAPTURES, capture + ".bin"), "rb") as sent:
+        request = sent.read()
+    assert pack_request(cmd, words) == request
+    assert parse_request(request) == (cmd, words, len(request))
+
+
+def test_binary_requests_are_told_from_text_and_answered_with_a_nul(binary_pair):
+    client, peer, _ = binary_pair
+    assert talk(client, peer, pack_request("j", ["a1", "225.1.1.1"])) == "j a1 225.1.1.1\0"
+
+
+def test_concatenated_requests_each_get_a_reply_then_the_connection_closes(binary_pair):
+    client, peer, server = binary_pair
+    both = pack_request("F", []) + pack_request("s", ["groups"])
+    assert talk(client, peer, both) == "F \0s groups\0"
+    assert server.forgotten and client.sock is None
+
+
+def test_a_request_split_across_reads_waits_for_its_end(binary_pair):
+    client, peer, _ = binary_pair
+    request = pack_request("l", ["a1", "225.1.1.1"])
+    assert talk(client, peer, request[:20]) == ""
+    assert talk(client, peer, request[20:]) == "l a1 225.1.1.1\0"
+
+
+@pytest.mark.parametrize("request_, error", [
+    (struct.pack("=Q", 5000) + bytes(8), "bad request length 5000"),
+    (struct.pack("=QHH4x", 18, 7, 0) + b"\0\0", "no command 0x7"),
+    (struct.pack("=QHH4x", 18, ord("s"), 0) + b"x\0", "words not NUL-terminated"),
+    (struct.pack("=QHH4x", 18, ord("a"), 1) + b"ab", "words not NUL-terminated"),
+    (struct.pack("=QHH4x", 21, ord("a"), 1) + b"a\0b\0\0", "request of 2 words says 1"),
+])
+def test_a_malformed_request_gets_an_error_and_is_closed(binary_pair, request_, error):
+    client, peer, server = binary_pair
+    assert talk(client, peer, request_) == "Malformed IPC message: %s\0" % error
+    assert server.forgotten
