@@ -236,6 +236,10 @@ def parse_net(text):
         return Net(packed, bits)
     if not (length.isdigit() and int(length) <= bits):
         raise ValueError("%r: the prefix length must be 0 to %d" % (text, bits))
+    if int(length) == 0 and any(packed):
+        # SMCRoute takes /0 for "no length": this one address.
+        raise ValueError("%r: /0 would be any address, SMCRoute takes it for %s alone; "
+                         "write which is meant" % (text, addr))
     return Net(packed, int(length))
 
 
@@ -288,6 +292,8 @@ def check_ifname(name):
     if (len(name) >= IFNAMSIZ or "/" in name or name in (".", "..")
             or "+" in name[:-1] or not name.isprintable()):
         raise ValueError("%r is not a valid interface name" % name)
+    if "#" in name:
+        raise ValueError("%r: a '#' inside a word starts no comment, in SMCRoute either" % name)
     return sys.intern(name)
 
 
@@ -543,37 +549,101 @@ class ConfigError(ValueError):
     pass
 
 
+# Problems shown per file; the rest are counted, so that a file that is no
+# config at all (include /etc/shadow) is never echoed whole.
+MAX_SHOWN = 5
+
+
 class Config:
-    """What a config file asks for, as plain values, with its problems."""
+    """What a config file asks for, as plain values, with its problems in
+    line order."""
 
     def __init__(self):
         self.phyints = {}
         self.rules = Rules()
         self.memberships = {}
         self.origins = Origins()
-        self.errors = []
-        self.warnings = []
+        self.problems = []          # ("error" | "warning", "file:line: text")
+        self.error_count = 0
+        self.shown = {}             # path -> problems shown
+        self.unshown = {}           # path -> [errors, warnings] not shown
+
+    @property
+    def errors(self):
+        return [text for severity, text in self.problems if severity == "error"]
+
+    @property
+    def warnings(self):
+        return [text for severity, text in self.problems if severity == "warning"]
+
+    def problem(self, severity, path, where, text):
+        if severity == "error":
+            self.error_count += 1
+        if self.shown.get(path, 0) < MAX_SHOWN:
+            self.shown[path] = self.shown.get(path, 0) + 1
+            self.problems.append((severity, "%s: %s" % (where, text)))
+        else:
+            self.unshown.setdefault(path, [0, 0])[severity == "warning"] += 1
+
+    def count_unshown(self, path):
+        errors, warnings = self.unshown.pop(path, (0, 0))
+        if errors or warnings:
+            self.problems.append(("error" if errors else "warning",
+                                  "%s: %d more errors and %d more warnings not shown"
+                                  % (path, errors, warnings)))
 
 
-def keyword_args(words, keywords):
-    """Split 'keyword value' pairs, in any order; 'to' takes the rest."""
+class Line:
+    """One config line being parsed: its words, and where to report."""
+
+    def __init__(self, config, path, lineno, words, origin):
+        self.config, self.path, self.lineno = config, path, lineno
+        self.words, self.origin = words, origin
+
+    def warn(self, text):
+        self.config.problem("warning", self.path, "%s:%d" % (self.path, self.lineno), text)
+
+
+# SMCRoute takes any word that begins with a directive or keyword for it:
+# "mroutes" is mroute, "fromage" is from, "enabled" is enable.
+def keyword(word, keywords):
+    for candidate in keywords:
+        if word.startswith(candidate):
+            return candidate
+    return None
+
+
+def shown(word):
+    """A word quoted in a message, cut short: it may come from a file that
+    is no config at all."""
+    return repr(word if len(word) <= 32 else word[:32] + "...")
+
+
+def keyword_args(line, keywords):
+    """SMCRoute's `keyword value` pairs, in any order: a word that begins
+    with `#` where a keyword belongs ends the line, `to` takes the rest of
+    it, a repeated keyword's last value counts, and an unknown word is
+    skipped with the word after it -- each of the last two with a warning,
+    since SMCRoute says nothing."""
+    words = line.words[1:]
     found = {}
     i = 0
-    while i < len(words):
+    while i < len(words) and not words[i].startswith("#"):
         word = words[i]
-        if word not in keywords:
-            raise ConfigError("unknown keyword %r, expected one of: %s"
-                              % (word, ", ".join(keywords)))
-        if word in found:
-            raise ConfigError("%r given twice" % word)
-        if word == "to":
-            found[word] = words[i + 1:]
-            if not found[word]:
-                raise ConfigError("'to' needs at least one interface")
+        name = keyword(word, keywords)
+        if name == "to":
+            found["to"] = to_words(words[i + 1:])
             break
-        if i + 1 == len(words):
-            raise ConfigError("%r needs a value" % word)
-        found[word] = words[i + 1]
+        value = words[i + 1] if i + 1 < len(words) else None
+        if name is None:
+            line.warn("unknown word %s%s ignored, as SMCRoute does"
+                      % (shown(word), "" if value is None else " and the word after it"))
+        elif value is None:
+            raise ConfigError("%r needs a value" % name)
+        else:
+            if name in found:
+                line.warn("%r given twice: the last one counts, as in SMCRoute" % name)
+            found[name] = value
         i += 2
     for required in ("from", "group"):
         if required not in found:
@@ -581,45 +651,69 @@ def keyword_args(words, keywords):
     return found
 
 
-def parse_phyint(config, words, origin):
+def to_words(oifs):
+    """The outbound interfaces after `to`.  SMCRoute reads every word there
+    as one, a `#` and what follows it too: refused, rather than taken either
+    for a comment or for interfaces."""
+    for word in oifs:
+        if word.startswith("#"):
+            raise ConfigError("'#' after 'to' is no comment: SMCRoute takes %s for outbound "
+                              "interfaces; put the comment on a line of its own"
+                              % " ".join(oifs[oifs.index(word):]))
+        if word == "to":
+            raise ConfigError("'to' given twice: SMCRoute would take the second for an interface")
+    if len(oifs) > MAXVIFS:
+        raise ConfigError("%d outbound interfaces, at most %d (one VIF each)" % (len(oifs), MAXVIFS))
+    return oifs
+
+
+PHYINT_OPTIONS = ("enable", "disable", "mrdisc", "ttl-threshold")
+
+
+def parse_phyint(line):
+    words = before_comment(line.words[1:])
     if not words:
         raise ConfigError("phyint needs an interface name")
+    if keyword(words[0], PHYINT_OPTIONS):
+        raise ConfigError("phyint %s: the interface name comes first" % words[0])
     name = check_ifname(words[0])
     enabled, ttl, mrdisc = True, 1, False
     rest = iter(words[1:])
     for word in rest:
-        if word in ("enable", "disable"):
-            enabled = word == "enable"
-        elif word == "mrdisc":
+        option = keyword(word, PHYINT_OPTIONS)
+        if option in ("enable", "disable"):
+            enabled = option == "enable"
+        elif option == "mrdisc":
             mrdisc = True
-        elif word == "ttl-threshold":
+        elif option == "ttl-threshold":
             value = next(rest, "")
             if not (value.isdigit() and 1 <= int(value) <= 255):
                 raise ConfigError("ttl-threshold needs a number from 1 to 255")
             ttl = int(value)
         else:
-            raise ConfigError("phyint: unknown option %r, expected enable, disable, "
-                              "ttl-threshold N or mrdisc" % word)
-    config.phyints[name] = Phyint(name, enabled, ttl, mrdisc, origin)
+            line.warn("phyint: unknown option %s ignored, as SMCRoute does; expected enable, "
+                      "disable, ttl-threshold N or mrdisc" % shown(word))
+    line.config.phyints[name] = Phyint(name, enabled, ttl, mrdisc, line.origin)
 
 
-def parse_mroute(config, words, origin):
-    args = keyword_args(words, ("from", "source", "group", "to"))
+def parse_mroute(line):
+    args = keyword_args(line, ("from", "source", "group", "to"))
     iif, source, group, oifs = route_words(args["from"], args.get("source"), args["group"],
                                            args.get("to", ()))
-    config.rules.add(iif, source, group, oifs, origin)
+    line.config.rules.add(iif, source, group, oifs, line.origin)
 
 
-def parse_mgroup(config, words, origin):
-    args = keyword_args(words, ("from", "source", "group"))
+def parse_mgroup(line):
+    args = keyword_args(line, ("from", "source", "group"))
     membership = Membership(*membership_words(args["from"], args.get("source"), args["group"]),
-                            origin)
-    config.memberships.setdefault(membership.key, membership)
+                            line.origin)
+    line.config.memberships.setdefault(membership.key, membership)
 
 
 DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
               "mgroup": parse_mgroup, "ssmgroup": parse_mgroup}
 MAX_INCLUDE_DEPTH = 16
+MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL included
 
 
 def read_config(path):
@@ -627,9 +721,28 @@ def read_config(path):
     config = Config()
     try:
         read_config_file(config, path, [])
-    except OSError as exc:
-        config.errors.append("%s: %s" % (path, exc.strerror))
+    except (OSError, ConfigError) as exc:
+        config.problem("error", path, path, describe(exc))
     return config
+
+
+def config_lines(stream):
+    """(line number, text or None) for each line; None for a line longer
+    than MAX_LINE_BYTES, which is never read whole."""
+    lineno = 0
+    while True:
+        data = stream.readline(MAX_LINE_BYTES + 2)
+        if not data:
+            return
+        lineno += 1
+        if len(data.rstrip(b"\n")) > MAX_LINE_BYTES:
+            while not data.endswith(b"\n"):
+                data = stream.readline(1 << 16)
+                if not data:
+                    break
+            yield lineno, None
+        else:
+            yield lineno, data.decode("utf-8", "replace")
 
 
 def read_config_file(config, path, including):
@@ -639,30 +752,44 @@ def read_config_file(config, path, including):
     if len(including) >= MAX_INCLUDE_DEPTH:
         raise ConfigError("includes nested deeper than %d" % MAX_INCLUDE_DEPTH)
     origins = config.origins
-    with open(path, encoding="utf-8", errors="replace") as lines:
+    with open(path, "rb") as stream:
         origins.run(path, 1)
-        for lineno, line in enumerate(lines, 1):
+        for lineno, text in config_lines(stream):
             origin = origins.take()
-            words = line.split("#", 1)[0].split()
-            if not words:
-                continue
             try:
-                if words[0] == "include":
+                if text is None:
+                    raise ConfigError("line longer than %d bytes: SMCRoute cuts it there and reads "
+                                      "the rest as another line" % MAX_LINE_BYTES)
+                words = text.split()
+                if not words or words[0].startswith("#"):
+                    continue
+                directive = keyword(words[0], ("include",) + tuple(DIRECTIVES))
+                if directive == "include":
                     try:
                         include(config, path, words[1:], including + [real])
                     finally:
                         origins.run(path, lineno + 1)
-                elif words[0] in DIRECTIVES:
-                    DIRECTIVES[words[0]](config, words[1:], origin)
+                elif directive is not None:
+                    DIRECTIVES[directive](Line(config, path, lineno, words, origin))
                 else:
-                    raise ConfigError("unknown directive %r, expected one of: %s"
-                                      % (words[0], ", ".join(["include"] + list(DIRECTIVES))))
+                    raise ConfigError("unknown directive %s, expected one of: %s"
+                                      % (shown(words[0]), ", ".join(["include"] + list(DIRECTIVES))))
             except ValueError as exc:
-                config.errors.append("%s:%d: %s" % (path, lineno, exc))
+                config.problem("error", path, "%s:%d" % (path, lineno), str(exc))
+    config.count_unshown(path)
+
+
+def before_comment(words):
+    """The words before one that begins with `#`."""
+    for i, word in enumerate(words):
+        if word.startswith("#"):
+            return words[:i]
+    return words
 
 
 def include(config, path, words, including):
     """`include GLOB`: files relative to the including file, in sorted order."""
+    words = before_comment(words)
     if len(words) != 1:
         raise ConfigError("include needs exactly one file name or pattern")
     pattern = os.path.join(os.path.dirname(path), words[0])
@@ -2616,9 +2743,9 @@ class Control:
             raise CommandError("usage: check [FILE]")
         path = args[0] if args else self.daemon.options.config
         config = read_config(path)
-        if config.errors:
+        if config.error_count:
             raise CommandError("%d errors in %s, a reload would be refused: %s"
-                               % (len(config.errors), path, "; ".join(config.errors)))
+                               % (config.error_count, path, "; ".join(config.errors)))
         return self.router.changes(config) or ["no changes"]
 
     def monitor(self, args):
@@ -3021,9 +3148,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             config = self.read_config()
-            if config.errors:
+            if config.error_count:
                 log.error("reload refused: %d errors in %s, nothing changed"
-                          % (len(config.errors), self.options.config))
+                          % (config.error_count, self.options.config))
                 raise CommandError("reload refused, nothing changed: " + "; ".join(config.errors))
             problems = self.router.load(config)
         finally:
@@ -3040,10 +3167,8 @@ class Daemon:
 
     def read_config(self):
         config = read_config(self.options.config)
-        for problem in config.errors:
-            log.error(problem)
-        for warning in config.warnings:
-            log.warning(warning)
+        for severity, text in config.problems:
+            log.write(syslog.LOG_ERR if severity == "error" else syslog.LOG_WARNING, text)
         return config
 
     def run(self):
@@ -3439,11 +3564,9 @@ def check_config(path, options):
     """Print a config file's problems; when a daemon answers, also what a
     reload of the file would change there."""
     config = read_config(path)
-    for problem in config.errors:
-        print("error: " + problem)
-    for problem in config.warnings:
-        print("warning: " + problem)
-    if config.errors:
+    for severity, text in config.problems:
+        print("%s: %s" % (severity, text))
+    if config.error_count:
         return EX_CONFIG
     try:
         sock, where = connect(options)
