@@ -2,15 +2,23 @@
 # build.sh -- check and test smcroute.py.
 #
 #   ./build.sh pyz [OUTPUT]         build the zipapp, smcroute.pyz by default
+#   ./build.sh install [PREFIX]     install it as PREFIX/sbin/smcroute (PREFIX /usr/local),
+#                                   with smcrouted and smcroutectl, man page, systemd unit;
+#                                   DESTDIR=ROOT installs below ROOT
+#   ./build.sh uninstall [PREFIX]   undo that
+#   ./build.sh demo                 route multicast in a namespace lab, and tell how
 #   ./build.sh test [PYTEST ARGS]   build it, lint, check Python 3.8 compatibility, run all tests
 #   ./build.sh bench [ARGS]         compare smcroute.py with SMCRoute's C daemon (bench/compare.py --help)
 #
-# The build and test tools go into a virtualenv (.venv, or $VENV); Debian
-# packages the tests need are installed when missing.  The end-to-end tests
-# build network namespaces, so run this as root.
+# The test tools go into a virtualenv (.venv, or $VENV); Debian packages the
+# tests need are installed when missing.  Building the zipapp needs only shiv:
+# the test venv's, one on PATH, or a venv of its own (.venv-build) made once.
+# The end-to-end tests build network namespaces, so run them as root.
 set -eu
 cd "$(dirname "$0")"
 VENV=${VENV:-.venv}
+BUILD_VENV=${BUILD_VENV:-.venv-build}
+PYTHON=${PYTHON:-python3}
 
 # The commands the build and tests run, and the Debian packages that have them.
 PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
@@ -52,23 +60,39 @@ make_venv() {
     cp requirements-dev.txt "$stamp"
 }
 
+# shiv, without the test tools: offline once it is there.
+find_shiv() {
+    for shiv in "$VENV/bin/shiv" "$BUILD_VENV/bin/shiv" "$(command -v shiv || true)"; do
+        [ -n "$shiv" ] && [ -x "$shiv" ] && return
+    done
+    python3 -m venv "$BUILD_VENV"
+    "$BUILD_VENV/bin/pip" install -q --disable-pip-version-check "$(grep '^shiv==' requirements-dev.txt)"
+    shiv="$BUILD_VENV/bin/shiv"
+}
+
 # shiv builds the archive: fixed timestamps, shebang, site-packages layout.
 # Its __main__ would first extract site-packages under ~/.shiv (or
 # SHIV_ROOT): that needs a writable home, costs start-up time and memory,
 # and a root daemon would run code from a directory others may have
 # written.  smcroute.py needs no extraction, so the archive gets a __main__
-# that imports it in place, and drops shiv's then unused bootstrap.
+# that imports it in place, and drops shiv's then unused bootstrap.  The
+# module goes in compiled too, for the Python that builds it: zipimport
+# cannot cache bytecode, and compiling 100 kB at every start costs time and
+# memory; another Python finds the .pyc's magic wrong and reads the source.
 build_pyz() {
     output=$1
+    find_shiv
     src=$(mktemp -d)
     trap 'rm -rf "$src"' EXIT
     mkdir "$src/site-packages"
     install -m 0644 smcroute.py "$src/site-packages/smcroute.py"
     SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 315532800)}
     export SOURCE_DATE_EPOCH
-    "$VENV/bin/shiv" --site-packages "$src/site-packages" --entry-point smcroute:main \
+    "$shiv" --site-packages "$src/site-packages" --entry-point smcroute:main \
         --python "/usr/bin/env python3" --reproducible --compressed --output-file "$src/shiv.pyz"
-    "$VENV/bin/python" - "$src/shiv.pyz" "$output" <<'PY'
+    "$PYTHON" - "$src/shiv.pyz" "$output" <<'PY'
+import importlib.util
+import marshal
 import sys
 import zipfile
 
@@ -82,6 +106,17 @@ import smcroute  # noqa: E402
 
 sys.exit(smcroute.main())
 """
+MODULE = "site-packages/smcroute.py"
+
+
+def compiled(source):
+    """The module's .pyc, unchecked-hash based: the same bytes for the same
+    source, and no timestamps for zipimport to compare."""
+    code = compile(source, "smcroute.py", "exec", dont_inherit=True, optimize=0)
+    return (importlib.util.MAGIC_NUMBER + (0b01).to_bytes(4, "little")
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
 source, target = sys.argv[1:]
 with open(source, "rb") as built:
     shebang = built.readline()
@@ -93,10 +128,54 @@ with zipfile.ZipFile(source) as shiv, open(target, "wb") as out:
                 pyz.writestr(info, shiv.read(info))
             elif info.filename == "__main__.py":
                 pyz.writestr(info, MAIN)
+            if info.filename == MODULE:
+                pyc = zipfile.ZipInfo(MODULE[:-3] + ".pyc", info.date_time)
+                pyc.compress_type, pyc.external_attr = info.compress_type, info.external_attr
+                pyz.writestr(pyc, compiled(shiv.read(MODULE)))
 PY
     chmod 0755 "$output"
     rm -rf "$src"
     trap - EXIT
+}
+
+# Where `install` puts things: PREFIX (default /usr/local) for programs and
+# the man page, /etc for the unit and the config, all below DESTDIR.
+set_paths() {
+    prefix=${1:-/usr/local}
+    root=${DESTDIR:-}
+    sbin=$root$prefix/sbin
+    man8=$root$prefix/share/man/man8
+    unit=$root/etc/systemd/system/smcroute.service
+    conf=$root/etc/smcroute.conf
+}
+
+install_all() {
+    set_paths "$@"
+    build_pyz "${TMPDIR:-/tmp}/smcroute.pyz.$$"
+    install -D -m 0755 "${TMPDIR:-/tmp}/smcroute.pyz.$$" "$sbin/smcroute"
+    rm -f "${TMPDIR:-/tmp}/smcroute.pyz.$$"
+    ln -sf smcroute "$sbin/smcrouted"
+    ln -sf smcroute "$sbin/smcroutectl"
+    install -D -m 0644 smcroute.8 "$man8/smcroute.8"
+    ln -sf smcroute.8 "$man8/smcrouted.8"
+    ln -sf smcroute.8 "$man8/smcroutectl.8"
+    mkdir -p "$(dirname "$unit")"
+    sed "s|@SBINDIR@|$prefix/sbin|g" smcroute.service >"$unit"
+    chmod 0644 "$unit"
+    if [ ! -e "$conf" ]; then
+        install -D -m 0644 smcroute.conf "$conf"
+    fi
+    echo "installed $sbin/smcroute (also smcrouted, smcroutectl), $man8/smcroute.8, $unit"
+}
+
+uninstall_all() {
+    set_paths "$@"
+    rm -f "$sbin/smcroute" "$sbin/smcrouted" "$sbin/smcroutectl"
+    rm -f "$man8/smcroute.8" "$man8/smcrouted.8" "$man8/smcroutectl.8" "$unit"
+    # The config is the operator's once edited: only the untouched example goes.
+    if cmp -s smcroute.conf "$conf"; then
+        rm -f "$conf"
+    fi
 }
 
 run_tests() {
@@ -108,8 +187,18 @@ run_tests() {
 
 case "${1:-}" in
     pyz)
-        make_venv
         build_pyz "${2:-smcroute.pyz}"
+        ;;
+    install)
+        shift
+        install_all "$@"
+        ;;
+    uninstall)
+        shift
+        uninstall_all "$@"
+        ;;
+    demo)
+        exec python3 tests/demo.py
         ;;
     test)
         shift
@@ -129,7 +218,8 @@ case "${1:-}" in
         exec /usr/bin/python3 bench/compare.py "$@"
         ;;
     *)
-        echo "usage: $0 pyz | test [PYTEST ARGS] | bench [ARGS]" >&2
+        echo "usage: $0 pyz [OUTPUT] | install [PREFIX] | uninstall [PREFIX] | demo | test [PYTEST ARGS]" \
+            "| bench [ARGS]" >&2
         exit 64
         ;;
 esac
