@@ -19,7 +19,6 @@ supervision (script hook, systemd), IPC, daemon loop, CLI.
 import bisect
 import errno
 import fcntl
-import glob
 import os
 import select
 import selectors
@@ -29,7 +28,6 @@ import struct
 import sys
 import syslog
 import time
-import traceback
 from collections import deque, namedtuple
 
 VERSION = "0.1.0"
@@ -148,6 +146,11 @@ class Log:
 
     def debug(self, msg):
         self.write(syslog.LOG_DEBUG, msg)
+
+    def internal_error(self, where):
+        """The exception being handled, with its traceback: a bug."""
+        import traceback  # a module and a half a megabyte that only a bug needs
+        self.error("internal error %s, please report:\n%s" % (where, traceback.format_exc()))
 
 
 log = Log()
@@ -713,6 +716,7 @@ def parse_mgroup(line):
 DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
               "mgroup": parse_mgroup, "ssmgroup": parse_mgroup}
 MAX_INCLUDE_DEPTH = 16
+GLOB_MAGIC = "*?["
 MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL included
 
 
@@ -793,7 +797,10 @@ def include(config, path, words, including):
     if len(words) != 1:
         raise ConfigError("include needs exactly one file name or pattern")
     pattern = os.path.join(os.path.dirname(path), words[0])
-    names = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+    names = [pattern]
+    if any(char in pattern for char in GLOB_MAGIC):
+        import glob  # and with it re: only for the configs that need it
+        names = sorted(glob.glob(pattern))
     for name in names:
         try:
             read_config_file(config, name, including)
@@ -2673,7 +2680,7 @@ class Control:
     def error_text(exc, line):
         if isinstance(exc, (CommandError, ValueError, NotFound, KernelError, OSError)):
             return describe(exc)
-        log.error("internal error on %r, please report:\n%s" % (line, traceback.format_exc()))
+        log.internal_error("on %r" % line)
         return "internal error, see the daemon's log"
 
     @staticmethod
@@ -3191,7 +3198,7 @@ class Daemon:
         try:
             callback(*args)
         except Exception:
-            log.error("internal error, please report:\n" + traceback.format_exc())
+            log.internal_error("")
 
     def close(self):
         if self.ready:
