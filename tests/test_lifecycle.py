@@ -159,12 +159,13 @@ def test_a_rule_short_of_vifs_does_not_block_other_changes(start, thirty_more_in
 def test_check_config_exit_status(tmp_path):
     good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
     good.write_text(SG % "b1")
-    bad.write_text(SG % "b1" + "mroute from a1 group 225.1.1.1 to\n")
+    bad.write_text(SG % "b1" + "mroute from a1 group 225.1.1.1 to b1 # b2\n")
     run = [sys.executable, DAEMON, "-F"]
     assert subprocess.run(run + [str(good)], capture_output=True).returncode == 0
     checked = subprocess.run(run + [str(bad)], capture_output=True, text=True)
     assert checked.returncode == 78
-    assert checked.stdout == "error: %s:2: 'to' needs at least one interface\n" % bad
+    assert checked.stdout == "error: %s:2: '#' after 'to' is no comment: SMCRoute takes # b2 for " \
+                             "outbound interfaces; put the comment on a line of its own\n" % bad
 
 
 def test_detach_returns_once_ready(bed, tmp_path):
