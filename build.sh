@@ -23,7 +23,7 @@ PYTHON=${PYTHON:-python3}
 # The commands the build and tests run, and the Debian packages that have them.
 PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
 make:make dockerd:docker.io debootstrap:debootstrap busybox:busybox script:bsdutils xxd:xxd
-smcroutectl:smcroute socat:socat"
+smcroutectl:smcroute socat:socat man:man-db groff:groff-base"
 
 install_packages() {
     missing=""

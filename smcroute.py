@@ -226,23 +226,23 @@ def ntop(addr):
     return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
 
 
-def parse_net(text):
-    """'225.1.2.0/24', '10.0.0.1' or 'ff2e::/16' -> Net."""
+def parse_net(text, role="address"):
+    """'225.1.2.0/24', '10.0.0.1' or 'ff2e::/16' -> Net; `role` names it in errors."""
     addr, slash, length = text.partition("/")
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
     try:
         packed = socket.inet_pton(family, addr)
     except OSError:
-        raise ValueError("%r is not an IP address" % text) from None
+        raise ValueError("%s %r is not an IP address" % (role, text)) from None
     bits = len(packed) * 8
     if not slash:
         return Net(packed, bits)
     if not (length.isdigit() and int(length) <= bits):
-        raise ValueError("%r: the prefix length must be 0 to %d" % (text, bits))
+        raise ValueError("%s %r: the prefix length must be 0 to %d" % (role, text, bits))
     if int(length) == 0 and any(packed):
         # SMCRoute takes /0 for "no length": this one address.
-        raise ValueError("%r: /0 would be any address, SMCRoute takes it for %s alone; "
-                         "write which is meant" % (text, addr))
+        raise ValueError("%s %r: /0 would be any address, SMCRoute takes it for %s alone; "
+                         "write which is meant" % (role, text, addr))
     return Net(packed, int(length))
 
 
@@ -271,7 +271,7 @@ def is_group(text):
 
 
 def parse_group(text):
-    net = parse_net(text)
+    net = parse_net(text, "group")
     if not MULTICAST[len(net.addr)].covers(net):
         raise ValueError("%s is not a multicast group" % text)
     return net
@@ -279,7 +279,7 @@ def parse_group(text):
 
 def parse_source(text, group):
     """A source prefix for `group`; None for 0.0.0.0 and :: (any source)."""
-    net = parse_net(text)
+    net = parse_net(text, "source")
     if len(net.addr) != len(group.addr):
         raise ValueError("source %s and group %s are not the same IP version" % (text, group))
     if net.len and MULTICAST[len(net.addr)].covers(net):
@@ -289,15 +289,22 @@ def parse_source(text, group):
     return net
 
 
+VALID_NAMES = {}        # name -> the same, interned: thousands of rules name the same few
+
+
 def check_ifname(name):
-    """Interface names as Linux allows them, plus a trailing '+' wildcard;
-    interned, since thousands of rules name the same few."""
+    """Interface names as Linux allows them, plus a trailing '+' wildcard."""
+    valid = VALID_NAMES.get(name)
+    if valid is not None:
+        return valid
     if (len(name) >= IFNAMSIZ or "/" in name or name in (".", "..")
             or "+" in name[:-1] or not name.isprintable()):
         raise ValueError("%r is not a valid interface name" % name)
     if "#" in name:
-        raise ValueError("%r: a '#' inside a word starts no comment, in SMCRoute either" % name)
-    return sys.intern(name)
+        raise ValueError("%r: '#' starts a comment only at the start of a word, in SMCRoute too"
+                         % name)
+    valid = VALID_NAMES[name] = sys.intern(name)
+    return valid
 
 
 def is_pattern(name):
@@ -396,22 +403,38 @@ class Rules:
 
     The kernel keys its entries by (S,G) alone, so a second exact rule for
     an (S,G) from another inbound interface waits in `alternates`; it takes
-    over when the first one's interface is missing."""
+    over when the first one's interface is missing.
 
-    def __init__(self):
+    A reload mostly reads the same rules, in the same order, as the rules
+    it replaces (`previous`): those rules' key and rule objects then serve
+    again, so the new table costs little more than its dict, and the
+    kernel mirror, keyed by the same objects, needs no new ones."""
+
+    def __init__(self, previous=None):
         self.exact = {}
         self.alternates = {}
         self.templates = {4: [], 16: []}
-        self.shared = {}
+        self.shared = {} if previous is None else previous.shared
+        self.previous = previous
+        self.lent = iter(previous.exact.items()) if previous is not None else None
+        self.next_lent = next(self.lent, None) if previous is not None else None
 
     def share(self, value):
         """One object for equal OIF tuples, however many rules have them."""
         return self.shared.setdefault(value, value)
 
+    def oifs(self, words):
+        """The validated, shared tuple of outbound interfaces `words` name."""
+        words = tuple(words)
+        oifs = self.shared.get(words)
+        if oifs is None:
+            oifs = self.share(tuple(dict.fromkeys(check_ifname(word) for word in words)))
+            self.shared[words] = oifs
+        return oifs
+
     def find(self, iif, source, group):
         if self.is_exact(iif, source, group):
-            key = source.addr + group.addr
-            for rule in self.candidates(key):
+            for rule in self.candidates(source.addr + group.addr):
                 if rule.iif == iif:
                     return rule
             return None
@@ -429,11 +452,49 @@ class Rules:
         rule = self.exact.get(key)
         if rule is None:
             return ()
-        return (rule,) + tuple(self.alternates.get(key, ()))
+        others = self.alternates.get(key)
+        return (rule,) + tuple(others) if others else (rule,)
+
+    def add_exact(self, key, iif, oifs, origin):
+        """Store an exact rule, merging its OIFs into one for the same
+        inbound interface and (S,G); returns (stored rule, the rule it
+        replaced)."""
+        first = self.exact.get(key)
+        if first is None:
+            key, rule = self.lend(key, ExactRoute(iif, oifs, origin))
+            self.exact[key] = rule
+            return rule, None
+        others = self.alternates.setdefault(key, [])
+        for n, before in enumerate([first] + others):
+            if before.iif == iif:
+                merged = before.oifs + tuple(o for o in oifs if o not in before.oifs)
+                rule = ExactRoute(iif, self.share(merged), before.origin)
+                if n == 0:
+                    self.exact[key] = rule
+                else:
+                    others[n - 1] = rule
+                return rule, before
+        rule = ExactRoute(iif, oifs, origin)
+        others.append(rule)
+        return rule, None
+
+    def lend(self, key, rule):
+        """The previous table's key object for `key`, and its rule when it
+        is this one."""
+        if self.next_lent is not None and self.next_lent[0] == key:
+            key, lent = self.next_lent
+            self.next_lent = next(self.lent, None)
+            return key, lent if lent == rule else rule
+        if self.previous is not None:
+            lent = self.previous.exact.get(key)
+            if lent == rule:
+                return key, lent
+        return key, rule
 
     def add(self, iif, source, group, oifs, origin):
-        """Store a rule, merging its OIFs into one for the same inbound
-        interface and (S,G); returns (stored rule, the rule it replaced)."""
+        """Store any rule, as add_exact() does."""
+        if self.is_exact(iif, source, group):
+            return self.add_exact(source.addr + group.addr, iif, self.share(oifs), origin)
         before = self.find(iif, source, group)
         if before is not None:
             oifs = before.oifs + tuple(o for o in oifs if o not in before.oifs)
@@ -441,15 +502,11 @@ class Rules:
         return self.put(iif, source, group, self.share(oifs), origin), before
 
     def put(self, iif, source, group, oifs, origin):
+        """Store a rule as it is given, in place of one for the same
+        inbound interface and (S,G)."""
         self.remove(iif, source, group)
         if self.is_exact(iif, source, group):
-            rule = ExactRoute(iif, oifs, origin)
-            key = source.addr + group.addr
-            if key in self.exact:
-                self.alternates.setdefault(key, []).append(rule)
-            else:
-                self.exact[key] = rule
-            return rule
+            return self.add_exact(source.addr + group.addr, iif, oifs, origin)[0]
         route = Route(iif, source, group, oifs, origin)
         templates = self.templates[len(group.addr)]
         templates.append(route)
@@ -533,6 +590,34 @@ class Membership:
 Phyint = namedtuple("Phyint", "name enabled ttl mrdisc origin")
 
 
+def link_local(group):
+    """Is a group (packed address) or prefix (Net) one the kernel never
+    routes: 224.0.0.0/24, or an IPv6 scope of 1 or 2 (ff01::, ff02::)?"""
+    addr, length = (group.addr, group.len) if isinstance(group, Net) else (group, len(group) * 8)
+    if len(addr) == 4:
+        return length >= 24 and addr[:3] == b"\xe0\0\0"
+    return length >= 16 and addr[1] & 0x0F in (1, 2)
+
+
+def host_key(source, group):
+    """The (S,G) key of an exact rule's plain source and group addresses,
+    or None for anything else (prefixes, any source, mistakes), which the
+    general path then parses or refuses.  Most lines of a big config are
+    exact rules: they need no Net objects."""
+    if "/" in source or "/" in group:
+        return None
+    family = socket.AF_INET6 if ":" in group else socket.AF_INET
+    try:
+        src, grp = socket.inet_pton(family, source), socket.inet_pton(family, group)
+    except OSError:
+        return None
+    multicast = (grp[0] & 0xF0 == 0xE0) if family == socket.AF_INET else grp[0] == 0xFF
+    source_multicast = (src[0] & 0xF0 == 0xE0) if family == socket.AF_INET else src[0] == 0xFF
+    if not multicast or source_multicast or not any(src):
+        return None
+    return src + grp
+
+
 def route_words(iif, source, group, oifs):
     """Validate the words of an mroute line or an `add` command:
     (iif, source Net or None, group Net, oifs tuple)."""
@@ -552,24 +637,24 @@ class ConfigError(ValueError):
     pass
 
 
-# Problems shown per file; the rest are counted, so that a file that is no
-# config at all (include /etc/shadow) is never echoed whole.
-MAX_SHOWN = 5
+# Problems shown per file, of each severity; the rest are counted, so that
+# a file that is no config at all (include /etc/shadow) is never echoed.
+MAX_SHOWN = 10
 
 
 class Config:
     """What a config file asks for, as plain values, with its problems in
     line order."""
 
-    def __init__(self):
+    def __init__(self, previous=None):
         self.phyints = {}
-        self.rules = Rules()
+        self.rules = Rules(previous)
         self.memberships = {}
         self.origins = Origins()
         self.problems = []          # ("error" | "warning", "file:line: text")
         self.error_count = 0
-        self.shown = {}             # path -> problems shown
-        self.unshown = {}           # path -> [errors, warnings] not shown
+        self.shown = {}             # (path, severity) -> how many shown
+        self.unshown = {}           # (path, severity) -> [line numbers]
 
     @property
     def errors(self):
@@ -579,37 +664,42 @@ class Config:
     def warnings(self):
         return [text for severity, text in self.problems if severity == "warning"]
 
-    def problem(self, severity, path, where, text):
+    def problem(self, severity, path, lineno, text):
         if severity == "error":
             self.error_count += 1
-        if self.shown.get(path, 0) < MAX_SHOWN:
-            self.shown[path] = self.shown.get(path, 0) + 1
+        count = self.shown.get((path, severity), 0)
+        if count < MAX_SHOWN:
+            self.shown[(path, severity)] = count + 1
+            where = path if lineno is None else "%s:%d" % (path, lineno)
             self.problems.append((severity, "%s: %s" % (where, text)))
         else:
-            self.unshown.setdefault(path, [0, 0])[severity == "warning"] += 1
+            self.unshown.setdefault((path, severity), []).append(lineno)
 
     def count_unshown(self, path):
-        errors, warnings = self.unshown.pop(path, (0, 0))
-        if errors or warnings:
-            self.problems.append(("error" if errors else "warning",
-                                  "%s: %d more errors and %d more warnings not shown"
-                                  % (path, errors, warnings)))
+        for severity in ("error", "warning"):
+            lines = self.unshown.pop((path, severity), None)
+            if lines:
+                self.problems.append((severity, "%s: %d more %s%s not shown, on lines %s%s" % (
+                    path, len(lines), severity, "s" if len(lines) > 1 else "",
+                    ", ".join(str(n) for n in lines[:10]), ", ..." if len(lines) > 10 else "")))
 
 
 class Line:
-    """One config line being parsed: its words, and where to report."""
+    """The config line being parsed: its words, and where to report."""
 
-    def __init__(self, config, path, lineno, words, origin):
-        self.config, self.path, self.lineno = config, path, lineno
-        self.words, self.origin = words, origin
+    def __init__(self, config, path):
+        self.config, self.path = config, path
+        self.lineno = self.words = self.origin = None
 
     def warn(self, text):
-        self.config.problem("warning", self.path, "%s:%d" % (self.path, self.lineno), text)
+        self.config.problem("warning", self.path, self.lineno, text)
 
 
 # SMCRoute takes any word that begins with a directive or keyword for it:
 # "mroutes" is mroute, "fromage" is from, "enabled" is enable.
 def keyword(word, keywords):
+    if word in keywords:
+        return word
     for candidate in keywords:
         if word.startswith(candidate):
             return candidate
@@ -626,31 +716,32 @@ def keyword_args(line, keywords):
     """SMCRoute's `keyword value` pairs, in any order: a word that begins
     with `#` where a keyword belongs ends the line, `to` takes the rest of
     it, a repeated keyword's last value counts, and an unknown word is
-    skipped with the word after it -- each of the last two with a warning,
-    since SMCRoute says nothing."""
-    words = line.words[1:]
+    skipped -- each of the last two with a warning, since SMCRoute says
+    nothing."""
+    words = line.words
     found = {}
-    i = 0
+    i = 1
     while i < len(words) and not words[i].startswith("#"):
         word = words[i]
         name = keyword(word, keywords)
         if name == "to":
             found["to"] = to_words(words[i + 1:])
             break
-        value = words[i + 1] if i + 1 < len(words) else None
         if name is None:
-            line.warn("unknown word %s%s ignored, as SMCRoute does"
-                      % (shown(word), "" if value is None else " and the word after it"))
-        elif value is None:
+            line.warn("unknown word %s ignored, as SMCRoute does" % shown(word))
+            i += 1
+            continue
+        if i + 1 == len(words):
             raise ConfigError("%r needs a value" % name)
-        else:
-            if name in found:
-                line.warn("%r given twice: the last one counts, as in SMCRoute" % name)
-            found[name] = value
+        if name in found:
+            line.warn("%r given twice: the last one counts, as in SMCRoute" % name)
+        found[name] = words[i + 1]
         i += 2
     for required in ("from", "group"):
         if required not in found:
-            raise ConfigError("missing '%s'" % required)
+            taken = [k for k, v in found.items() if k != "to" and keyword(v, keywords) == required]
+            raise ConfigError("missing '%s'%s" % (required, "" if not taken else (
+                ": SMCRoute, and so smcroute.py, reads %r as the value of %r" % (found[taken[0]], taken[0]))))
     return found
 
 
@@ -662,11 +753,11 @@ def to_words(oifs):
         if word.startswith("#"):
             raise ConfigError("'#' after 'to' is no comment: SMCRoute takes %s for outbound "
                               "interfaces; put the comment on a line of its own"
-                              % " ".join(oifs[oifs.index(word):]))
+                              % ", ".join(shown(w) for w in oifs[oifs.index(word):]))
         if word == "to":
             raise ConfigError("'to' given twice: SMCRoute would take the second for an interface")
     if len(oifs) > MAXVIFS:
-        raise ConfigError("%d outbound interfaces, at most %d (one VIF each)" % (len(oifs), MAXVIFS))
+        raise ConfigError("%d words after 'to', at most %d (SMCRoute crashes beyond)" % (len(oifs), MAXVIFS))
     return oifs
 
 
@@ -691,7 +782,8 @@ def parse_phyint(line):
         elif option == "ttl-threshold":
             value = next(rest, "")
             if not (value.isdigit() and 1 <= int(value) <= 255):
-                raise ConfigError("ttl-threshold needs a number from 1 to 255")
+                raise ConfigError("ttl-threshold %s: a number from 1 to 255 is needed"
+                                  % (shown(value) if value else "without a value"))
             ttl = int(value)
         else:
             line.warn("phyint: unknown option %s ignored, as SMCRoute does; expected enable, "
@@ -701,9 +793,20 @@ def parse_phyint(line):
 
 def parse_mroute(line):
     args = keyword_args(line, ("from", "source", "group", "to"))
-    iif, source, group, oifs = route_words(args["from"], args.get("source"), args["group"],
-                                           args.get("to", ()))
-    line.config.rules.add(iif, source, group, oifs, line.origin)
+    rules = line.config.rules
+    iif, source, group = check_ifname(args["from"]), args.get("source"), args["group"]
+    oifs = rules.oifs(args.get("to", ()))
+    if iif in oifs:
+        line.warn("%s is both the inbound and an outbound interface: this may loop" % iif)
+    key = host_key(source, group) if source is not None and not is_pattern(iif) else None
+    if key is not None:
+        rule, _ = rules.add_exact(key, iif, oifs, line.origin)
+        grp = key[len(key) >> 1:]
+    else:
+        iif, src, grp, oifs = route_words(iif, source, group, oifs)
+        rules.add(iif, src, grp, oifs, line.origin)
+    if link_local(grp):
+        line.warn("%s is link-local: the kernel never routes it" % group)
 
 
 def parse_mgroup(line):
@@ -715,18 +818,21 @@ def parse_mgroup(line):
 
 DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
               "mgroup": parse_mgroup, "ssmgroup": parse_mgroup}
+DIRECTIVE_WORDS = ("include",) + tuple(DIRECTIVES)
 MAX_INCLUDE_DEPTH = 16
 GLOB_MAGIC = "*?["
 MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL included
 
 
-def read_config(path):
-    """Parse `path` and everything it includes into a Config."""
-    config = Config()
+def read_config(path, previous=None):
+    """Parse `path` and everything it includes into a Config; `previous`
+    rules lend it the objects of the rules that did not change."""
+    config = Config(previous)
     try:
         read_config_file(config, path, [])
     except (OSError, ConfigError) as exc:
-        config.problem("error", path, path, describe(exc))
+        config.problem("error", path, None, describe(exc))
+    config.rules.previous = None
     return config
 
 
@@ -756,30 +862,31 @@ def read_config_file(config, path, including):
     if len(including) >= MAX_INCLUDE_DEPTH:
         raise ConfigError("includes nested deeper than %d" % MAX_INCLUDE_DEPTH)
     origins = config.origins
+    line = Line(config, path)
     with open(path, "rb") as stream:
         origins.run(path, 1)
         for lineno, text in config_lines(stream):
-            origin = origins.take()
+            line.lineno, line.origin = lineno, origins.take()
             try:
                 if text is None:
                     raise ConfigError("line longer than %d bytes: SMCRoute cuts it there and reads "
                                       "the rest as another line" % MAX_LINE_BYTES)
-                words = text.split()
+                words = line.words = text.split()
                 if not words or words[0].startswith("#"):
                     continue
-                directive = keyword(words[0], ("include",) + tuple(DIRECTIVES))
+                directive = keyword(words[0], DIRECTIVE_WORDS)
                 if directive == "include":
                     try:
                         include(config, path, words[1:], including + [real])
                     finally:
                         origins.run(path, lineno + 1)
                 elif directive is not None:
-                    DIRECTIVES[directive](Line(config, path, lineno, words, origin))
+                    DIRECTIVES[directive](line)
                 else:
                     raise ConfigError("unknown directive %s, expected one of: %s"
                                       % (shown(words[0]), ", ".join(["include"] + list(DIRECTIVES))))
             except ValueError as exc:
-                config.problem("error", path, "%s:%d" % (path, lineno), str(exc))
+                config.problem("error", path, lineno, str(exc))
     config.count_unshown(path)
 
 
@@ -2628,7 +2735,7 @@ class Control:
 
     HELP = [
         "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   add a route, or OIFs to one",
-        "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   remove OIFs, or the whole route",
+        "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   remove OIFs, or the whole route (or: remove)",
         "join IIF [SRC[/LEN]] GRP[/LEN]            join a group",
         "leave IIF [SRC[/LEN]] GRP[/LEN]           leave a group",
         "show [routes|groups|interfaces|pending] [json|smcroute [detail]]",
@@ -3263,13 +3370,15 @@ Daemon options:
   -s                 log to syslog, also in the foreground
   -D                 debug log, same as --log-level debug
   --log-level LEVEL  none, error, warning, notice (default), info or debug
-  -v                 print the version
-  -h                 print this help
+  -F FILE            check FILE: its problems, and what a reload would change
+  -v, --version      print the version
+  -h, --help         print this help
+  (-I NAME is -i NAME)
 
 Commands (also over the socket, one a line; see README):
   add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]    del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]
   join IIF [SRC[/LEN]] GRP[/LEN]             leave IIF [SRC[/LEN]] GRP[/LEN]
-  show [routes|groups|interfaces|pending] [json]
+  show [routes|groups|interfaces|pending] [json|smcroute [detail]]
   flush   reload   check [FILE]   monitor   kill   version   help
 
 Signals: HUP reloads the config, INT and TERM stop the daemon.
@@ -3320,7 +3429,7 @@ smcroute.py as SMCRoute 2.6.0's smcroutectl:
   -u FILE    the daemon's socket (default /run/smcroute.sock, else /run/smcroute)
   -v         print the version
 
-Commands (any unique prefix; r is reload, rem remove):
+Commands (any prefix, the first in this order: r is reload, rem remove):
   help | version | flush | kill | reload | restart
   show [routes | groups | interfaces | pending]
   add    IIF [SRC[/LEN]] GRP[/LEN] OIF [OIF ...]
@@ -3533,6 +3642,16 @@ def no_daemon_text(path, error, explicit):
     return lines
 
 
+def reply_error(final):
+    """The error text of a reply's final line, or None when it succeeded."""
+    if final.startswith("error:"):
+        return final[len("error:"):].strip()
+    if final.startswith('{"error":'):
+        import json
+        return json.loads(final)["error"]
+    return None
+
+
 def send_command(sock, words):
     """Send one command line; returns (data lines, final line)."""
     sock.sendall((" ".join(words) + "\n").encode())
@@ -3559,11 +3678,12 @@ def run_commands(options, prog):
             lines, final = send_command(sock, words)
             for line in lines:
                 print(line)
-            if final.startswith("{"):
-                print(final)
-            elif final != "ok":
-                sys.stderr.write("%s: %s\n" % (prog, final))
+            error = reply_error(final)
+            if error is not None:
+                sys.stderr.write("%s: error: %s\n" % (prog, error))
                 return EX_FAIL
+            if final != "ok":
+                print(final)
     return EX_OK
 
 
@@ -3573,6 +3693,8 @@ def check_config(path, options):
     config = read_config(path)
     for severity, text in config.problems:
         print("%s: %s" % (severity, text))
+    for text in absent_interfaces(config):
+        print("warning: " + text)
     if config.error_count:
         return EX_CONFIG
     try:
@@ -3844,8 +3966,9 @@ def smcroutectl_command(prog, options, words, view):
         return EX_FAIL
     with sock:
         lines, final = send_command(sock, text)
-    if final.startswith("error:"):
-        sys.stderr.write("%s: %s\n" % (prog, final[len("error:"):].strip()))
+    error = reply_error(final)
+    if error is not None:
+        sys.stderr.write("%s: %s\n" % (prog, error))
         return EX_FAIL
     if final.startswith("{"):
         sys.stdout.write(final + "\n\n")
@@ -3888,6 +4011,35 @@ def run_daemon(options):
     if status_fd is not None:
         os.write(status_fd, bytes([status]))
     return status
+
+
+def absent_interfaces(config):
+    """What a config names that no interface here is: rules would wait for
+    it, maybe for ever if it is a typo.  In config order."""
+    present = [name for _, name in socket.if_nameindex()]
+
+    def absent(names):
+        return [n for n in names if not any(name_matches(n, name) for name in present)]
+    found = []
+    checked = {}
+    for key, rule in config.rules.all_exact():
+        names = checked.get((rule.iif, rule.oifs))
+        if names is None:
+            names = checked[(rule.iif, rule.oifs)] = absent((rule.iif,) + rule.oifs)
+        if names:
+            found.append((rule.origin, "mroute " + route_text(rule.iif, *split_key_text(key), rule.oifs),
+                          names))
+    for route in config.rules.all_templates():
+        found.append((route.origin, "mroute " + route_text(route.iif, route.source, route.group, route.oifs),
+                      absent((route.iif,) + route.oifs)))
+    for membership in config.memberships.values():
+        found.append((membership.origin, "mgroup %s" % membership, absent((membership.iif,))))
+    for phyint in config.phyints.values():
+        found.append((phyint.origin, "phyint %s" % phyint.name, absent((phyint.name,))))
+    return ["%s: %s: no interface %s here (yet): %s" % (
+        config.origins.text(origin), what, " nor ".join(names),
+        "it waits for it" if len(names) == 1 else "it waits for them")
+        for origin, what, names in sorted(found, key=lambda item: item[0]) if names]
 
 
 SYSLOG_SOCKET = "/dev/log"

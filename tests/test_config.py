@@ -115,33 +115,38 @@ def test_comments_and_blank_lines(parse):
 def test_a_hash_after_to_is_refused_not_guessed(parse):
     """SMCRoute takes every word after `to` for an interface, `#` too."""
     config = parse("mroute from eth0 group 225.1.2.3 to eth1 # eth2 is off\n")
-    assert config.errors == ["smcroute.conf:1: '#' after 'to' is no comment: SMCRoute takes # eth2 is "
-                             "off for outbound interfaces; put the comment on a line of its own"]
+    assert config.errors == ["smcroute.conf:1: '#' after 'to' is no comment: SMCRoute takes '#', 'eth2', "
+                             "'is', 'off' for outbound interfaces; put the comment on a line of its own"]
 
 
 def test_keywords_as_smcroute_matches_them(parse):
     """Any word that begins with a directive or keyword is it; keywords in
-    any order; an unknown word is skipped with the one after it, a repeated
-    keyword's last value counts: each as SMCRoute does, with a warning."""
+    any order; an unknown word is skipped, a repeated keyword's last value
+    counts: each as SMCRoute does, with a warning."""
     config = parse("mroutes fromage eth0 groups 225.1.2.3 sources 10.0.0.1 tomorrow eth1\n"
                    "phyints eth1 enabled ttl-thresholds 9 mrdiscovery\n"
                    "mroute from eth0 src 10.0.0.2 group 225.1.2.4 to eth1\n"
+                   "mroute from eth0 bogus source 10.0.0.3 group 225.1.2.7 to eth1\n"
                    "mroute from eth9 from eth0 group 225.1.2.5 to eth1\n"
                    "mgroups from eth0 group 225.1.2.6 to eth1\n"
                    "phyint eth2 fast ENABLE\n")
     assert config.errors == []
     assert routes(config) == [("eth0", "10.0.0.1", "225.1.2.3", ["eth1"]),
                               ("eth0", None, "225.1.2.4", ["eth1"]),
+                              ("eth0", "10.0.0.3", "225.1.2.7", ["eth1"]),
                               ("eth0", None, "225.1.2.5", ["eth1"])]
     assert config.phyints["eth1"][1:4] == (True, 9, True)
     assert memberships(config) == [("eth0", None, "225.1.2.6")]
     assert config.warnings == [
-        "smcroute.conf:3: unknown word 'src' and the word after it ignored, as SMCRoute does",
-        "smcroute.conf:4: 'from' given twice: the last one counts, as in SMCRoute",
-        "smcroute.conf:5: unknown word 'to' and the word after it ignored, as SMCRoute does",
-        "smcroute.conf:6: phyint: unknown option 'fast' ignored, as SMCRoute does; expected enable, "
+        "smcroute.conf:3: unknown word 'src' ignored, as SMCRoute does",
+        "smcroute.conf:3: unknown word '10.0.0.2' ignored, as SMCRoute does",
+        "smcroute.conf:4: unknown word 'bogus' ignored, as SMCRoute does",
+        "smcroute.conf:5: 'from' given twice: the last one counts, as in SMCRoute",
+        "smcroute.conf:6: unknown word 'to' ignored, as SMCRoute does",
+        "smcroute.conf:6: unknown word 'eth1' ignored, as SMCRoute does",
+        "smcroute.conf:7: phyint: unknown option 'fast' ignored, as SMCRoute does; expected enable, "
         "disable, ttl-threshold N or mrdisc",
-        "smcroute.conf:6: phyint: unknown option 'ENABLE' ignored, as SMCRoute does; expected enable, "
+        "smcroute.conf:7: phyint: unknown option 'ENABLE' ignored, as SMCRoute does; expected enable, "
         "disable, ttl-threshold N or mrdisc"]
 
 
@@ -159,9 +164,10 @@ def test_lines_longer_than_smcroute_reads_are_refused(parse):
 def test_problems_come_in_line_order_and_a_foreign_file_is_not_echoed(parse):
     config = parse("mroute from eth0 group 225.1.2.3 via eth1\nbogus\ninclude secret\n",
                    {"secret": "".join("user%d:$6$hash%d:19000:0:99999:7:::\n" % (n, n) for n in range(40))})
-    assert [text.split(":")[1] for _, text in config.problems[:2]] == ["1", "2"]
-    assert [severity for severity, _ in config.problems] == ["warning", "error"] + ["error"] * 6
-    assert config.problems[-1] == ("error", "secret: 35 more errors and 0 more warnings not shown")
+    assert [text.split(":")[1] for _, text in config.problems[:3]] == ["1", "1", "2"]
+    assert [severity for severity, _ in config.problems] == ["warning"] * 2 + ["error"] * 12
+    assert config.problems[-1] == ("error", "secret: 30 more errors not shown, on lines 11, 12, 13, 14, "
+                                            "15, 16, 17, 18, 19, 20, ...")
     assert config.error_count == 41
     assert not any("hash39" in text for _, text in config.problems)
 
@@ -217,18 +223,22 @@ def test_a_file_that_includes_itself(parse):
     ("mroute from eth0 group 225.1.2.3 to eth1 to eth2",
      "'to' given twice: SMCRoute would take the second for an interface"),
     ("mroute from eth0 group 225.1.2.3 to " + " ".join("e%d" % n for n in range(33)),
-     "33 outbound interfaces, at most 32 (one VIF each)"),
+     "33 words after 'to', at most 32 (SMCRoute crashes beyond)"),
     ("mroute from eth0 group", "'group' needs a value"),
-    ("mroute from eth0 source 10.0.0.1/0 group 225.1.2.3", "'10.0.0.1/0': /0 would be any address, "
-                                                           "SMCRoute takes it for 10.0.0.1 alone"),
-    ("mroute from eth0 group 225.1.2.3 to eth1#x", "'eth1#x': a '#' inside a word starts no comment"),
+    ("mroute from eth0 source 10.0.0.1/0 group 225.1.2.3", "source '10.0.0.1/0': /0 would be any "
+                                                           "address, SMCRoute takes it for 10.0.0.1 alone"),
+    ("mroute from eth0 group 225.1.2.3 to eth1#x", "'eth1#x': '#' starts a comment only at the start "
+                                                   "of a word"),
     ("phyint enable eth0", "phyint enable: the interface name comes first"),
     ("mroute from eth0 # group 225.1.2.3", "missing 'group'"),
+    ("mroute from group 225.1.2.3", "missing 'group': SMCRoute, and so smcroute.py, reads 'group' as "
+                                    "the value of 'from'"),
     ("mroute from eth0 group 10.1.2.3 to eth1", "10.1.2.3 is not a multicast group"),
     ("mroute from eth0 group 224.0.0.0/3 to eth1", "224.0.0.0/3 is not a multicast group"),
-    ("mroute from eth0 group 225.1.2 to eth1", "'225.1.2' is not an IP address"),
-    ("mroute from eth0 group 225.1.2.3/40 to eth1", "'225.1.2.3/40': the prefix length must be 0 to 32"),
-    ("mroute from eth0 group ff2e::1/x to eth1", "'ff2e::1/x': the prefix length must be 0 to 128"),
+    ("mroute from eth0 group 225.1.2 to eth1", "group '225.1.2' is not an IP address"),
+    ("mroute from eth0 group 225.1.2.3/40 to eth1", "group '225.1.2.3/40': the prefix length must be 0 "
+                                                    "to 32"),
+    ("mroute from eth0 group ff2e::1/x to eth1", "group 'ff2e::1/x': the prefix length must be 0 to 128"),
     ("mroute from eth0 source 225.1.1.1 group 225.1.2.3 to eth1", "source 225.1.1.1 is a multicast address"),
     ("mroute from eth0 source fd00::1 group 225.1.2.3 to eth1",
      "source fd00::1 and group 225.1.2.3 are not the same IP version"),
@@ -241,9 +251,9 @@ def test_a_file_that_includes_itself(parse):
     ("mgroup from eth0 source 10.0.0.0/24 group 232.1.1.0/27",
      "(10.0.0.0/24, 232.1.1.0/27) expands to 8192"),
     ("phyint", "phyint needs an interface name"),
-    ("phyint eth0 ttl-threshold", "ttl-threshold needs a number from 1 to 255"),
-    ("phyint eth0 ttl-threshold 0", "ttl-threshold needs a number from 1 to 255"),
-    ("phyint eth0 ttl-threshold 256", "ttl-threshold needs a number from 1 to 255"),
+    ("phyint eth0 ttl-threshold", "ttl-threshold without a value: a number from 1 to 255 is needed"),
+    ("phyint eth0 ttl-threshold 0", "ttl-threshold '0': a number from 1 to 255 is needed"),
+    ("phyint eth0 ttl-threshold 256", "ttl-threshold '256': a number from 1 to 255 is needed"),
     ("include", "include needs exactly one file name or pattern"),
     ("include a b", "include needs exactly one file name or pattern"),
 ])

@@ -47,14 +47,28 @@ DIFFERENT = {
     "231-order-oif-enable-after-rule": NO_PHYINT,
     "237-order-starg-oif-enable-after": NO_PHYINT,
     "239-order-no-phyint-at-all": NO_PHYINT,
+    "038-mgroup-unknown-iface": MISSING,
     # Refused here, accepted by 2.5.6, which changes their meaning or crashes on them.
     "116-line-long-comment-injects": "2.5.6 reads the tail of a long comment as a directive",
     "148-multicast-source": "a multicast address cannot be a source",
+    "149-mgroup-multicast-source": "a multicast address cannot be a source",
     "150-v4-source-v6-group": "2.5.6's daemon aborts on it at start",
+    "151-v6-source-v4-group": "2.5.6's daemon aborts on it at start",
+    "152-mgroup-v4-source-v6-group": "2.5.6 joins a garbage source",
+    "161-group-len-0": "2.5.6 takes /0 for no length at all",
     "162-group-len-3": "224.0.0.0/3 is not all multicast",
+    "164-group-len-abc": "2.5.6 takes /abc for no length at all",
+    "166-group-len-empty": "2.5.6 takes a trailing / for no length at all",
     "168-source-len-0": "2.5.6 takes 10.0.0.1/0 for 10.0.0.1 alone: ambiguous",
+    "171-group-len-v6-7": "ff00::/7 is not all multicast",
+    "176-mgroup-len-0": "2.5.6 takes /0 for no length at all",
+    "177-group-len-trailing-junk": "2.5.6 reads /24x as /24",
     "200-ttl-missing-value": "2.5.6 ignores ttl-threshold without a value",
     "202-ttl-trailing-junk": "2.5.6 reads ttl-threshold 5x as 5",
+    "221-include-directory": "2.5.6 ignores an include of a directory",
+    "224-include-brace-glob": "no such file: glob(3) has no braces, and 2.5.6 ignores what it cannot read",
+    "226-include-quoted": "no such file: quotes are part of the name, and 2.5.6 ignores it",
+    "228-include-tilde": "no such file: glob(3) has no ~, and 2.5.6 ignores it",
     "214-include-nested": INCLUDE,
     "240-include-nested-abs": INCLUDE,
     "217-include-missing": "2.5.6 ignores an include of a file that is not there",
@@ -73,17 +87,22 @@ def expectation(config):
     return lines + ["verdict %d" % (smcroute.EX_CONFIG if config.error_count else smcroute.EX_OK)]
 
 
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory):
-    """A copy of tests/configs with @CONFIGS@ (absolute includes) filled in."""
-    folder = str(tmp_path_factory.mktemp("configs") / "configs")
-    shutil.copytree(HERE, folder)
+def filled_in(folder):
+    """Fill @CONFIGS@ (absolute includes) in with the folder's path."""
     for path in glob.glob(os.path.join(folder, "**", "*.conf"), recursive=True):
         with open(path, "rb") as conf:
             text = conf.read()
         with open(path, "wb") as conf:
             conf.write(text.replace(b"@CONFIGS@", folder.encode()))
     return folder
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    """A copy of tests/configs with @CONFIGS@ (absolute includes) filled in."""
+    folder = str(tmp_path_factory.mktemp("configs") / "configs")
+    shutil.copytree(HERE, folder)
+    return filled_in(folder)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -126,3 +145,21 @@ def test_smcrouted_dash_f_agrees_with_smcroute_2_5_6(interfaces, configs, name, 
         assert mine != theirs, "listed as different, but both %s it" % mine
     else:
         assert mine == theirs
+
+
+def regenerate():
+    """Write every .expect anew from the parser as it is, to review with
+    `git diff` after a change of the parser:
+        PYTHONPATH=. python3 tests/test_configs.py"""
+    import tempfile
+    folder = filled_in(shutil.copytree(HERE, os.path.join(tempfile.mkdtemp(), "configs")))
+    os.chdir(folder)
+    for name in NAMES:
+        lines = expectation(smcroute.read_config(name + ".conf"))
+        with open(os.path.join(HERE, name + ".expect"), "w") as expect:
+            expect.write("\n".join(lines).replace(folder, "@CONFIGS@") + "\n")
+    shutil.rmtree(os.path.dirname(folder))
+
+
+if __name__ == "__main__":
+    regenerate()

@@ -51,9 +51,9 @@ def test_malformed_lines_get_errors_and_the_daemon_serves_on(start):
     daemon = start()
     assert daemon.ctl("add")[-1].startswith("error: usage: add IIF")
     assert daemon.ctl("add a1 1.2.3.4 b1") == ["error: 1.2.3.4 is not a multicast group"]
-    assert daemon.ctl("add a1 300.1.1.1 225.1.1.1 b1") == ["error: '300.1.1.1' is not an IP address"]
+    assert daemon.ctl("add a1 300.1.1.1 225.1.1.1 b1") == ["error: source '300.1.1.1' is not an IP address"]
     assert daemon.ctl("add a1 10.0.0.1 ff2e::1 b1")[-1].startswith("error: source 10.0.0.1 and group")
-    assert daemon.ctl("add a1 225.1.1.1/33 b1")[-1].startswith("error: '225.1.1.1/33': the prefix")
+    assert daemon.ctl("add a1 225.1.1.1/33 b1")[-1].startswith("error: group '225.1.1.1/33': the prefix")
     assert daemon.ctl("add a/1 225.1.1.1 b1") == ["error: 'a/1' is not a valid interface name"]
     assert daemon.ctl("join a1 225.1.1.1 extra")[-1].startswith("error: usage: join")
     assert daemon.ctl("show nonsense")[-1].startswith("error: usage: show")

@@ -141,3 +141,17 @@ def test_a_monitor_that_does_not_read_is_dropped_and_slows_nothing(bed, start):
         received += chunk
     assert received.endswith(b"error: events dropped: this monitor did not keep up\n")
     assert daemon.ok("version")
+
+
+def test_dash_f_names_the_interfaces_that_do_not_exist(start, tmp_path):
+    """Rules wait for them, so they are no error; but a typo must show."""
+    daemon = start()
+    typo = tmp_path / "typo.conf"
+    typo.write_text("mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1 bq\n"
+                    "mgroup from eht0 group 225.1.1.1\n")
+    checked = daemon.cli("-F", str(typo))
+    assert checked.returncode == 0
+    assert checked.stdout.splitlines()[:2] == [
+        "warning: %s:1: mroute (10.0.0.1, 225.1.2.3) from a1 to b1 bq: no interface bq here (yet): "
+        "it waits for it" % typo,
+        "warning: %s:2: mgroup (*, 225.1.1.1) on eht0: no interface eht0 here (yet): it waits for it" % typo]
