@@ -483,7 +483,10 @@ class Rules:
         is this one."""
         if self.next_lent is not None and self.next_lent[0] == key:
             key, lent = self.next_lent
-            self.next_lent = next(self.lent, None)
+            try:
+                self.next_lent = next(self.lent, None)
+            except RuntimeError:            # the table changed meanwhile: lend no more
+                self.next_lent = None
             return key, lent if lent == rule else rule
         if self.previous is not None:
             lent = self.previous.exact.get(key)
@@ -723,7 +726,7 @@ def keyword_args(line, keywords):
     i = 1
     while i < len(words) and not words[i].startswith("#"):
         word = words[i]
-        name = keyword(word, keywords)
+        name = word if word in keywords else keyword(word, keywords)
         if name == "to":
             found["to"] = to_words(words[i + 1:])
             break
@@ -1082,10 +1085,7 @@ class MrouteV4(Mroute):
 
     @staticmethod
     def pack_mfc(src, grp, parent, oifs):
-        ttls = bytearray(MAXVIFS)
-        for vif, ttl in oifs:
-            ttls[vif] = ttl
-        return MFCCTL.pack(src, grp, parent, bytes(ttls), 0, 0, 0, 0)
+        return MFCCTL.pack(src, grp, parent, ttl_vector(oifs), 0, 0, 0, 0)
 
     @staticmethod
     def pack_sg_req(src, grp):
@@ -1100,6 +1100,19 @@ class MrouteV4(Mroute):
         if mbz or msgtype not in (UPCALL_NOCACHE, UPCALL_WRONGVIF):
             return None
         return msgtype, vif | vif_hi << 8, src, grp
+
+
+TTL_VECTORS = {}    # oifs -> mfcc_ttls: a few distinct ones serve every entry
+
+
+def ttl_vector(oifs):
+    vector = TTL_VECTORS.get(oifs)
+    if vector is None:
+        ttls = bytearray(MAXVIFS)
+        for vif, ttl in oifs:
+            ttls[vif] = ttl
+        vector = TTL_VECTORS[oifs] = bytes(ttls)
+    return vector
 
 
 def sockaddr_in6(addr):
@@ -1674,6 +1687,7 @@ class Router:
         self.learned = {}               # src+grp -> Learned
         self.mfc = {}                   # src+grp -> entry, as installed, in install order
         self.entries = {}               # (size, iif index, oif names) -> entry, shared
+        self.routing = {}               # Interface -> routes_on(); both memos go with any change
         self.starved = set()            # keys whose entry needs a VIF there is none of
         self.vif_problems = {}          # origin -> why a template or phyint has no VIF
         self.waiting = {}               # origin -> pending() row, as last reported
@@ -1700,8 +1714,11 @@ class Router:
 
     def routes_on(self, iface):
         """May multicast be routed on `iface`?"""
-        phyint = self.phyint(iface.name)
-        return iface.multicast and (phyint is None or phyint.enabled)
+        routes = self.routing.get(iface)
+        if routes is None:
+            phyint = self.phyint(iface.name)
+            routes = self.routing[iface] = iface.multicast and (phyint is None or phyint.enabled)
+        return routes
 
     def usable(self, pattern):
         """The interfaces named by `pattern` that may route multicast."""
@@ -2045,7 +2062,7 @@ class Router:
         if gone:
             self.learned = {k: v for k, v in self.learned.items() if v.iif not in gone}
             self.joins.forget(gone)
-        self.entries = {}
+        self.entries, self.routing = {}, {}
         self.sync(keys)
         self.sync_vifs()
         self.sync_joins()
@@ -2098,12 +2115,17 @@ class Router:
             return names is None or names_any(iif, oifs, names)
 
         def waits_for(iif, oifs, size, starved):
-            why = [why for _, why in self.missing((iif,) + oifs)]
-            if size not in self.kernels:
-                why.append("IPv%d multicast routing" % (4 if size == 4 else 6))
-            if starved and not why:
-                why.append("a free VIF")
+            # Thousands of rules share an inbound interface and OIF tuple.
+            why = memo.get((iif, oifs, size, starved))
+            if why is None:
+                why = [why for _, why in self.missing((iif,) + oifs)]
+                if size not in self.kernels:
+                    why.append("IPv%d multicast routing" % (4 if size == 4 else 6))
+                if starved and not why:
+                    why.append("a free VIF")
+                memo[(iif, oifs, size, starved)] = why
             return why
+        memo = {}
         found = []
         for key, rule in self.rules.all_exact():
             if named(rule.iif, rule.oifs):
@@ -2152,28 +2174,50 @@ class Router:
     # The whole state at once --------------------------------------------
 
     def load(self, config):
-        """Make `config` the desired state; entries that do not change are
-        not touched, so their flows go on undisturbed."""
-        self.ifaces.refresh()
+        """Make `config` the desired state at once; returns its warnings
+        and problems."""
+        return drain(self.loading(config))
+
+    def loading(self, config):
+        """Make `config` the desired state, a slice at a time (it yields
+        between slices).  Only the entries whose rules changed are synced,
+        unless interfaces or phyints changed; entries that do not change
+        are not touched, so their flows go on undisturbed.  Returns the
+        warnings and problems."""
+        everything = bool(self.ifaces.refresh())
         present = self.ifaces.by_index
         for kernel in self.kernels.values():
             kernel.forget_vifs(present)
         self.learned = {k: v for k, v in self.learned.items() if v.iif in present}
         self.joins.forget({k[0] for k in self.joins.held if k[0] not in present})
+        old = self.rules
+        everything = everything or phyint_settings(self.phyints) != phyint_settings(config.phyints)
+        relearn = everything or template_ids(old) != template_ids(config.rules)
         self.phyints = config.phyints
         self.rules = config.rules
         self.memberships = config.memberships
         self.origins = config.origins
         self.origins.run("ipc")
-        self.entries = {}
-        self.starved = set()
+        starved, self.starved = self.starved, set()
+        if everything:
+            self.entries, self.routing = {}, {}
+            keys = [list(self.rules.exact)]
+        else:
+            keys = [[k for k, rule in self.rules.exact.items() if old.exact.get(k) is not rule],
+                    [k for k in old.exact if k not in self.rules.exact],
+                    [k for k in set(old.alternates) | set(self.rules.alternates)
+                     if old.alternates.get(k) != self.rules.alternates.get(k)]]
+        # Then what else is installed, or waits: learned entries, and those
+        # of the rules that are gone.
+        keys += [[k for k in self.mfc if k not in self.rules.exact and k not in self.learned],
+                 list(self.learned) if relearn else [], list(starved)]
         # Config order decides which rules get the last free VIFs.
-        keys = dict.fromkeys(self.rules.exact)
-        keys.update(dict.fromkeys(self.learned))
-        keys.update(dict.fromkeys(self.mfc))
         problems = self.sync_vifs()
-        problems += self.sync(keys)
-        problems += self.sync_joins()
+        for part in keys:
+            for chunk in slices(part, SLICE):
+                problems += self.sync(chunk)
+                yield
+        problems += self.sync_vifs() + self.sync_joins()
         warnings = self.warnings()
         for warning in warnings:
             log.warning(warning)
@@ -2272,6 +2316,38 @@ class Router:
 RouteRow = namedtuple("RouteRow", "kind source group iif oifs packets bytes waiting")
 InterfaceRow = namedtuple("InterfaceRow", "index name vif mif state multicast ttl")
 PendingRow = namedtuple("PendingRow", "kind iif source group oifs origin waits_for")
+
+
+SLICE = 2000                # entries synced, or config lines read, between two looks at the sockets
+
+
+def slices(items, size):
+    """`items`, an iterable, in lists of `size`."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def drain(steps):
+    """Run a job's steps at once; returns its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def phyint_settings(phyints):
+    return {name: phyint[1:4] for name, phyint in phyints.items()}
+
+
+def template_ids(rules):
+    return [(r.iif, r.source, r.group, r.oifs) for r in rules.all_templates()]
 
 
 def rule_id_text(rule):
@@ -3280,7 +3356,7 @@ class Daemon:
         return ["warning: " + p for p in problems]
 
     def read_config(self):
-        config = read_config(self.options.config)
+        config = read_config(self.options.config, self.router.rules)
         for severity, text in config.problems:
             log.write(syslog.LOG_ERR if severity == "error" else syslog.LOG_WARNING, text)
         return config
