@@ -828,11 +828,17 @@ MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL inclu
 
 
 def read_config(path, previous=None):
-    """Parse `path` and everything it includes into a Config; `previous`
-    rules lend it the objects of the rules that did not change."""
+    """Parse `path` and everything it includes into a Config at once."""
+    return drain(reading(path, previous))
+
+
+def reading(path, previous=None):
+    """Parse `path` and everything it includes into a Config, a slice of
+    lines at a time (it yields between slices); `previous` rules lend it the
+    objects of the rules that did not change."""
     config = Config(previous)
     try:
-        read_config_file(config, path, [])
+        yield from reading_file(config, path, [])
     except (OSError, ConfigError) as exc:
         config.problem("error", path, None, describe(exc))
     config.rules.previous = None
@@ -858,7 +864,7 @@ def config_lines(stream):
             yield lineno, data.decode("utf-8", "replace")
 
 
-def read_config_file(config, path, including):
+def reading_file(config, path, including):
     real = os.path.realpath(path)
     if real in including:
         raise ConfigError("include cycle: %s" % " -> ".join(including + [real]))
@@ -870,6 +876,8 @@ def read_config_file(config, path, including):
         origins.run(path, 1)
         for lineno, text in config_lines(stream):
             line.lineno, line.origin = lineno, origins.take()
+            if lineno % SLICE == 0:
+                yield
             try:
                 if text is None:
                     raise ConfigError("line longer than %d bytes: SMCRoute cuts it there and reads "
@@ -880,7 +888,7 @@ def read_config_file(config, path, including):
                 directive = keyword(words[0], DIRECTIVE_WORDS)
                 if directive == "include":
                     try:
-                        include(config, path, words[1:], including + [real])
+                        yield from including_files(config, path, words[1:], including + [real])
                     finally:
                         origins.run(path, lineno + 1)
                 elif directive is not None:
@@ -901,7 +909,7 @@ def before_comment(words):
     return words
 
 
-def include(config, path, words, including):
+def including_files(config, path, words, including):
     """`include GLOB`: files relative to the including file, in sorted order."""
     words = before_comment(words)
     if len(words) != 1:
@@ -913,7 +921,7 @@ def include(config, path, words, including):
         names = sorted(glob.glob(pattern))
     for name in names:
         try:
-            read_config_file(config, name, including)
+            yield from reading_file(config, name, including)
         except OSError as exc:
             raise ConfigError("cannot include %s: %s" % (name, exc.strerror)) from None
 
@@ -2786,6 +2794,11 @@ def parse_request(buf):
     return chr(cmd), [word.decode("utf-8", "replace") for word in words], length
 
 
+def binary_text(lines):
+    """A text protocol reply as SMCRoute's: nothing for success, else the error."""
+    return lines[-1][len("error: "):] if lines[-1].startswith("error: ") else ""
+
+
 def pack_reply(text):
     return text.encode("utf-8", "replace") + REPLY_END
 
@@ -2853,10 +2866,9 @@ class Control:
         if command is None:
             raise CommandError("unknown command %r, try 'help'" % words[0])
         self.daemon.read_interface_events()     # a command sees every change made before it
-        if command == self.monitor:
-            client.monitor()
-            return ["ok"]
-        reply = command(words[1:])
+        reply = command(words[1:], client)
+        if reply is None:
+            return None         # a reply to come, when a job is done
         return [reply] if isinstance(reply, str) else reply + ["ok"]
 
     @staticmethod
@@ -2882,26 +2894,26 @@ class Control:
             raise CommandError("usage: " + usage)
         return membership_words(iif, source, group)
 
-    def add(self, args):
+    def add(self, args, client):
         iif, source, group, oifs = self._route(args, "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]")
         self.router.require((iif,) + oifs)
         return ["warning: " + w for w in self.router.add_route(iif, source, group, oifs)]
 
-    def delete(self, args):
+    def delete(self, args, client):
         self.router.del_route(*self._route(args, "del IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]"))
         return []
 
-    def join(self, args):
+    def join(self, args, client):
         iif, source, group = self._membership(args, "join IIF [SRC[/LEN]] GRP[/LEN]")
         self.router.require((iif,))
         self.router.join(iif, source, group)
         return []
 
-    def leave(self, args):
+    def leave(self, args, client):
         self.router.leave(*self._membership(args, "leave IIF [SRC[/LEN]] GRP[/LEN]"))
         return []
 
-    def show(self, args):
+    def show(self, args, client):
         words = [a.lower() for a in args]
         table = words.pop(0) if words and words[0] in TABLES else "routes"
         form = words.pop(0) if words and words[0] in ("json", "smcroute") else "table"
@@ -2915,18 +2927,19 @@ class Control:
             return text.split("\n")[:-1] if text else []
         return READABLE_TABLES[table](self.router)
 
-    def flush(self, args):
+    def flush(self, args, client):
         count = self.router.forget(list(self.router.learned))
         return ["%d learned routes dropped" % count]
 
-    def reload(self, args):
-        return self.daemon.reload()
+    def reload(self, args, client):
+        self.daemon.reload(client)
+        return None
 
-    def kill(self, args):
+    def kill(self, args, client):
         self.daemon.running = False
         return []
 
-    def check(self, args):
+    def check(self, args, client):
         """Check FILE (by default the config file) and tell what a reload of
         it would change, without applying anything."""
         if len(args) > 1:
@@ -2938,13 +2951,14 @@ class Control:
                                % (config.error_count, path, "; ".join(config.errors)))
         return self.router.changes(config) or ["no changes"]
 
-    def monitor(self, args):
-        """Handled by run(): it needs the connection."""
+    def monitor(self, args, client):
+        client.monitor()
+        return []
 
-    def version(self, args):
+    def version(self, args, client):
         return ["smcroute.py %s" % VERSION]
 
-    def help(self, args):
+    def help(self, args, client):
         return list(self.HELP)
 
     # SMCRoute's binary requests ---------------------------------------------
@@ -2953,22 +2967,23 @@ class Control:
               "H": "reload", "k": "kill"}
     BINARY_SHOW = {"s": "smcroute", "S": "smcroute detail", "J": "json"}
 
-    def execute_binary(self, cmd, words):
-        """An SMCRoute request: its reply text, empty on success."""
+    def execute_binary(self, cmd, words, client):
+        """An SMCRoute request: its reply text, empty on success; None
+        for one to come."""
         if cmd in self.BINARY_SHOW:
             table = smcroute_topic(words)
             line = "show %s %s" % (table, self.BINARY_SHOW[cmd])
-            reply = self.execute(line, None)
+            reply = self.execute(line, client)
             if cmd == "J":
                 return reply[0] + "\n"
             return "".join(text + "\n" for text in reply[:-1])
         if cmd not in self.BINARY:
             return "Unknown or malformed IPC message '%s' from client." % cmd
         try:
-            self.run([self.BINARY[cmd]] + words, None)
+            reply = self.run([self.BINARY[cmd]] + words, client)
         except Exception as exc:
             return self.error_text(exc, " ".join([cmd] + words))
-        return ""
+        return None if reply is None else binary_text(reply)
 
 
 class Client:
@@ -2985,6 +3000,7 @@ class Client:
         self.monitoring = False     # events stream out, input is ignored
         self.closing = False        # close once the output is sent
         self.binary = None          # SMCRoute's requests, not text lines; None: not known yet
+        self.waiting = False        # for the reply to a command that runs as a job
 
     def on_event(self, mask):
         if mask & selectors.EVENT_WRITE:
@@ -3007,6 +3023,8 @@ class Client:
 
     def process(self):
         """Answer the complete requests received, while replies go out."""
+        if self.waiting:
+            return
         if self.monitoring:
             del self.inbuf[:]
             if self.eof:
@@ -3048,7 +3066,11 @@ class Client:
             cmd, words, used = request
             del self.inbuf[:used]
             self.closing = not self.inbuf
-            self.outbuf += pack_reply(self.server.control.execute_binary(cmd, words))
+            reply = self.server.control.execute_binary(cmd, words, self)
+            if reply is None:
+                self.waiting = True
+                return
+            self.outbuf += pack_reply(reply)
             self.flush()
 
     def process_lines(self):
@@ -3072,7 +3094,11 @@ class Client:
             else:
                 text = line.decode("utf-8", "replace").strip()
                 if text and not text.startswith("#"):
-                    self.reply(self.server.control.execute(text, self))
+                    reply = self.server.control.execute(text, self)
+                    if reply is None:
+                        self.waiting = True
+                        return
+                    self.reply(reply)
 
     def too_long(self):
         """Answer a line that never ends once, and skip it up to its newline."""
@@ -3095,6 +3121,21 @@ class Client:
         del self.outbuf[:sent]
         if self.closing and not self.outbuf:
             self.close()
+
+    def answer(self, lines):
+        """The reply to the command it waited for; then on with the rest."""
+        if self.sock is None:
+            return
+        self.waiting = False
+        if self.binary:
+            self.outbuf += pack_reply(binary_text(lines))
+            self.flush()
+        else:
+            self.reply(lines)
+        if self.sock is not None:
+            self.process()
+        if self.sock is not None:
+            self.server.watch(self)
 
     def monitor(self):
         self.monitoring = True
@@ -3194,13 +3235,24 @@ class ControlServer:
         self.selector.register(sock, selectors.EVENT_READ, client.on_event)
 
     def watch(self, client):
+        """Wait for what the client needs next: to write its reply, to read
+        its next command, or nothing while its reply is being made."""
+        registered = client.sock in self.selector.get_map()
+        if client.waiting and not client.outbuf:
+            if registered:
+                self.selector.unregister(client.sock)
+            return
         events = selectors.EVENT_WRITE if client.outbuf else selectors.EVENT_READ
-        self.selector.modify(client.sock, events, client.on_event)
+        if registered:
+            self.selector.modify(client.sock, events, client.on_event)
+        else:
+            self.selector.register(client.sock, events, client.on_event)
 
     def forget(self, client):
         self.clients.discard(client)
         self.monitors.discard(client)
-        self.selector.unregister(client.sock)
+        if client.sock in self.selector.get_map():
+            self.selector.unregister(client.sock)
 
     def close(self):
         events.listeners.remove(self.broadcast)
@@ -3221,9 +3273,11 @@ class ControlServer:
 
 
 class Daemon:
-    """Sockets, signals and timers around a Router, in one select() loop."""
+    """Sockets, signals and timers around a Router, in one select() loop.
+    Reading and applying a config is a job that runs a slice at each turn
+    of the loop, so that upcalls and clients are served meanwhile."""
 
-    def __init__(self, options):
+    def __init__(self, options, on_ready=None):
         self.options = options
         self.selector = selectors.DefaultSelector()
         self.running = True
@@ -3232,8 +3286,11 @@ class Daemon:
         self.router = None
         self.server = None
         self.timers = []            # objects with deadline() and on_timer(now)
+        self.jobs = deque()         # generators, a slice each turn of the loop
+        self.reloads = []           # clients (None: SIGHUP) that wait for a reload
         self.script = Script(options.script) if options.script else None
         self.notifier = Notifier()
+        self.on_ready = on_ready
         self.ready = False
         self._wakeup = None
 
@@ -3257,12 +3314,16 @@ class Daemon:
         self.server = ControlServer(self.options.daemon_socket(), self.selector, Control(self))
         self._catch_signals()
         events.listeners.append(self.on_event)
+        self.jobs.append(self.starting())
+
+    def starting(self):
+        """The first load: the config is applied, then the daemon is ready."""
         if os.path.exists(self.options.config):
-            config = self.read_config()
+            config = yield from self.reading()
         else:
             log.warning("%s: no such file, starting with no rules" % self.options.config)
             config = Config()
-        self.router.load(config)
+        yield from self.router.loading(config)
         if self.options.expire:
             self.timers.append(Periodic(self.options.expire, self.router.expire))
         if self.script:
@@ -3277,6 +3338,8 @@ class Daemon:
         if self.script:
             self.script.run("start")
         log.notice("smcroute.py %s ready" % VERSION)
+        if self.on_ready is not None:
+            self.on_ready()
 
     def stop_at_the_end_of_life(self):
         log.notice("exiting after %d seconds (-D)" % self.options.lifetime)
@@ -3323,28 +3386,53 @@ class Daemon:
             return
         for signum in signums:
             if signum == signal.SIGHUP:
-                try:
-                    self.reload()
-                except CommandError:
-                    pass            # already logged; the old state stays
+                self.reload(None)
             elif signum == signal.SIGCHLD and self.script:
                 self.script.reap()
             elif signum in (signal.SIGINT, signal.SIGTERM):
                 log.notice("exiting on %s" % signal.Signals(signum).name)
                 self.running = False
 
-    def reload(self):
-        """Re-read the config; a config with errors, or none, changes nothing."""
-        self.notifier.reloading()
+    def reload(self, client):
+        """Re-read the config, as a job; `client` (None: SIGHUP) gets the
+        outcome.  A reload asked for while one runs follows it."""
+        if not self.reloads:
+            self.jobs.append(self.reloading())
+        self.reloads.append(client)
+
+    def reloading(self):
+        """A config with errors, or none, changes nothing."""
         try:
-            config = self.read_config()
-            if config.error_count:
-                log.error("reload refused: %d errors in %s, nothing changed"
-                          % (config.error_count, self.options.config))
-                raise CommandError("reload refused, nothing changed: " + "; ".join(config.errors))
-            problems = self.router.load(config)
-        finally:
-            self.notifier.ready(self.status())
+            yield from self.reloading_rounds()
+        except Exception:
+            log.internal_error("in a reload")
+            for client in self.reloads:
+                if client is not None:
+                    client.answer(["error: internal error, see the daemon's log"])
+            self.reloads = []
+
+    def reloading_rounds(self):
+        while self.reloads:
+            clients = list(self.reloads)
+            self.notifier.reloading()
+            try:
+                config = yield from self.reading()
+                if config.error_count:
+                    log.error("reload refused: %d errors in %s, nothing changed"
+                              % (config.error_count, self.options.config))
+                    reply = ["error: reload refused, nothing changed: " + "; ".join(config.errors)]
+                else:
+                    problems = yield from self.router.loading(config)
+                    self.reloaded()
+                    reply = ["warning: " + p for p in problems] + ["ok"]
+            finally:
+                self.notifier.ready(self.status())
+            del self.reloads[:len(clients)]
+            for client in clients:
+                if client is not None:
+                    client.answer(reply)
+
+    def reloaded(self):
         if self.options.pidfile:
             try:
                 os.utime(self.options.pidfile)      # tells supervisors such as Finit
@@ -3353,10 +3441,9 @@ class Daemon:
         events.emit(syslog.LOG_NOTICE, "reload", "%s: %s" % (self.options.config, self.status()))
         if self.script:
             self.script.run("reload")
-        return ["warning: " + p for p in problems]
 
-    def read_config(self):
-        config = read_config(self.options.config, self.router.rules)
+    def reading(self):
+        config = yield from reading(self.options.config, self.router.rules)
         for severity, text in config.problems:
             log.write(syslog.LOG_ERR if severity == "error" else syslog.LOG_WARNING, text)
         return config
@@ -3365,15 +3452,27 @@ class Daemon:
         while self.running:
             deadlines = [d for d in (t.deadline() for t in self.timers) if d is not None]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            for key, mask in self.selector.select(timeout):
+            for key, mask in self.selector.select(0 if self.jobs else timeout):
                 self.guarded(key.data, mask)
                 if not self.running:
                     break
+            if self.jobs:
+                self.guarded(self.step)
             now = time.monotonic()
             for timer in self.timers:
                 deadline = timer.deadline()
                 if deadline is not None and now >= deadline:
                     self.guarded(timer.on_timer, now)
+
+    def step(self):
+        """One slice of the job at hand."""
+        try:
+            next(self.jobs[0])
+        except StopIteration:
+            self.jobs.popleft()
+        except BaseException:
+            self.jobs.popleft()
+            raise
 
     @staticmethod
     def guarded(callback, *args):
@@ -4065,13 +4164,16 @@ def run_daemon(options):
     status_fd = detach() if options.detach else None
     if options.delay:
         time.sleep(options.delay)
-    daemon = Daemon(options)
-    status = EX_OK
-    try:
-        daemon.start()
+
+    def ready():
+        nonlocal status_fd
         if status_fd is not None:
             become_daemon(status_fd)
             status_fd = None
+    daemon = Daemon(options, ready)
+    status = EX_OK
+    try:
+        daemon.start()
         daemon.run()
     except Fatal as exc:
         log.error(str(exc))

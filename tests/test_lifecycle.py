@@ -1,6 +1,7 @@
 """End to end: starting, reloading and stopping the daemon, and what it
 leaves behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -199,3 +200,33 @@ def test_without_privileges_exits_77(bed, tmp_path):
                       sys.executable, DAEMON, "-u", str(tmp_path / "s"), "-P", "", check=False)
     assert result.returncode == 77
     assert "run as root, or with CAP_NET_ADMIN and CAP_NET_RAW" in result.stderr
+
+
+def many_routes(count):
+    return "".join("mroute from a1 source 10.0.0.1 group 225.%d.%d.%d to b1\n"
+                   % (1 + n // 65536, n // 256 % 256, n % 256) for n in range(count))
+
+
+def test_clients_are_answered_while_a_big_config_loads(bed, start):
+    """Reading and applying a config goes a slice at a time: a client asks
+    during a reload and is answered before it ends, with the old routes
+    still in place."""
+    daemon = start(many_routes(40000))
+    daemon.write_config(many_routes(40000).replace("to b1", "to b2"))
+    os.utime(daemon.pidfile, (1000000000, 1000000000))
+    daemon.signal(signal.SIGHUP)
+    assert daemon.ok("version") == ["smcroute.py 0.1.0"]
+    assert os.stat(daemon.pidfile).st_mtime == 1000000000       # the reload goes on
+    wait_for(lambda: os.stat(daemon.pidfile).st_mtime != 1000000000, timeout=30)
+    assert "(10.0.0.1,225.1.156.63)" in [line.split()[0] for line in bed.mroutes(4).splitlines()
+                                         if "Oifs: b2" in line]
+
+
+def test_a_reload_command_is_answered_when_it_is_done_and_in_order(start):
+    daemon = start(SG % "b1")
+    daemon.write_config(SG % "b2" + "mroute from a1 group 225.9.9.9 to c9\n")
+    reply = daemon.ctl("reload", "show pending json", "version")
+    assert reply[0].startswith("warning: ") and "waits for interface c9" in reply[0]
+    assert reply[1] == "ok"
+    assert json.loads(reply[2])["pending"][0]["group"] == "225.9.9.9"
+    assert reply[3:] == ["smcroute.py 0.1.0", "ok"]

@@ -133,7 +133,7 @@ def test_no_group_is_a_usage_error():
 # SMCRoute's binary requests, on the same socket -------------------------------
 
 class Binary(Echo):
-    def execute_binary(self, cmd, words):
+    def execute_binary(self, cmd, words, client):
         return "%s %s" % (cmd, " ".join(words))
 
 
