@@ -976,6 +976,7 @@ class Mroute:
         self.vifs = [None] * MAXVIFS          # vif -> ifindex
         self.vif_of = {}                      # ifindex -> vif
         self.refs = [0] * MAXVIFS             # MFC entries using each vif
+        self.unused = False                   # a VIF's last entry went: release_vifs() may free it
         self.buf = bytearray(UPCALL_BUFSIZE)
 
     def close(self):
@@ -1008,6 +1009,7 @@ class Mroute:
         """Unregister every VIF that no entry uses and whose ifindex is not
         in `keep`; returns how many went."""
         released = 0
+        self.unused = False
         for vif, index in enumerate(self.vifs):
             if index is not None and not self.refs[vif] and index not in keep:
                 try:
@@ -1052,9 +1054,12 @@ class Mroute:
 
     def _count(self, entry, step):
         parent, oifs = entry
-        self.refs[parent] += step
+        refs = self.refs
+        refs[parent] += step
         for vif, _ in oifs:
-            self.refs[vif] += step
+            refs[vif] += step
+        if step < 0 and (not refs[parent] or any(not refs[vif] for vif, _ in oifs)):
+            self.unused = True
 
     def counters(self, key):
         """(packets, bytes, wrong_if) the kernel counted for an entry."""
@@ -1881,6 +1886,11 @@ class Router:
         for index in wanted:
             self.discovery.start(index)
 
+    def vifs_to_release(self):
+        """Does a VIF no entry uses wait to be released?  An exact rule's
+        change needs sync_vifs() only then."""
+        return any(kernel.unused for kernel in self.kernels.values())
+
     def keys_for(self, route):
         """The learned (S,G) keys a template's change can alter."""
         return [key for key in self.learned if route.covers(key)]
@@ -1898,7 +1908,8 @@ class Router:
         rule, before = self.rules.add(iif, source, group, oifs, self.origins.take())
         keys = self.keys_of(rule, source, group)
         problems = self.sync(keys)
-        self.sync_vifs()
+        if not isinstance(rule, ExactRoute) or self.vifs_to_release():
+            self.sync_vifs()
         problems += self.vif_problems.get(rule.origin, [])
         if problems:
             self.rules.restore(iif, source, group, before)
@@ -1924,7 +1935,8 @@ class Router:
         else:
             self.rules.remove(iif, source, group)
         self.sync(self.keys_of(route, source, group))
-        self.sync_vifs()
+        if not isinstance(route, ExactRoute) or self.vifs_to_release():
+            self.sync_vifs()
 
     # Learned entries -------------------------------------------------------
 
@@ -2755,6 +2767,7 @@ class Periodic:
 MAX_LINE = 1024             # bytes in one command line
 MAX_CLIENTS = 64
 MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
+REPLY_BATCH = 1 << 14       # bytes of replies to pipelined commands sent at once
 
 # SMCRoute's binary request, in native layout: size_t length of the whole
 # message, u16 command character, u16 word count, padding to size_t's
@@ -3074,41 +3087,49 @@ class Client:
             self.flush()
 
     def process_lines(self):
-        while self.sock is not None and not self.outbuf:
+        """Answer the complete lines received; the replies go out together,
+        up to REPLY_BATCH bytes, before more is read (backpressure)."""
+        while self.sock is not None and len(self.outbuf) < REPLY_BATCH:
             end = self.inbuf.find(b"\n")
             if end < 0:
                 if len(self.inbuf) > MAX_LINE:
                     self.too_long()
                     continue
                 if not self.eof:
-                    return
+                    break
                 if not self.inbuf:
-                    return self.close()
+                    self.closing = True     # once the replies are out
+                    break
                 end = len(self.inbuf)       # a last line with no newline
             line = bytes(self.inbuf[:end])
             del self.inbuf[:end + 1]
             if self.discarding:
                 self.discarding = False
             elif len(line) > MAX_LINE:
-                self.reply(["error: line too long, at most %d bytes" % MAX_LINE])
+                self.queue(["error: line too long, at most %d bytes" % MAX_LINE])
             else:
                 text = line.decode("utf-8", "replace").strip()
                 if text and not text.startswith("#"):
                     reply = self.server.control.execute(text, self)
                     if reply is None:
                         self.waiting = True
-                        return
-                    self.reply(reply)
+                        break
+                    self.queue(reply)
+        if self.sock is not None and (self.outbuf or self.closing):
+            self.flush()
 
     def too_long(self):
         """Answer a line that never ends once, and skip it up to its newline."""
         if not self.discarding:
-            self.reply(["error: line too long, at most %d bytes" % MAX_LINE])
+            self.queue(["error: line too long, at most %d bytes" % MAX_LINE])
         self.discarding = True
         del self.inbuf[:]
 
-    def reply(self, lines):
+    def queue(self, lines):
         self.outbuf += ("\n".join(lines) + "\n").encode()
+
+    def reply(self, lines):
+        self.queue(lines)
         self.flush()
 
     def flush(self):
