@@ -79,6 +79,7 @@ find_shiv() {
 # module goes in compiled too, for the Python that builds it: zipimport
 # cannot cache bytecode, and compiling 100 kB at every start costs time and
 # memory; another Python finds the .pyc's magic wrong and reads the source.
+# The launcher runs the interpreter isolated and without site (-I -S).
 build_pyz() {
     output=$1
     find_shiv
@@ -97,10 +98,15 @@ import sys
 import zipfile
 
 MAIN = b"""\
-# Run smcroute.py from inside this archive, with no extraction.
+# Run smcroute.py from inside this archive, with no extraction, and
+# isolated (-I -S): no site-packages, .pth file or PYTHON* variable can put
+# code into a daemon that runs as root, and the interpreter's site
+# machinery costs no memory.
 import os
 import sys
 
+if not (sys.flags.isolated and sys.flags.no_site) and sys.executable:
+    os.execv(sys.executable, [sys.executable, "-I", "-S"] + sys.argv)
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "site-packages"))
 import smcroute  # noqa: E402
 
@@ -129,8 +135,10 @@ with zipfile.ZipFile(source) as shiv, open(target, "wb") as out:
             elif info.filename == "__main__.py":
                 pyz.writestr(info, MAIN)
             if info.filename == MODULE:
+                # Stored: no decompression, whose buffers stay in the
+                # daemon's memory, for the file that is read.
                 pyc = zipfile.ZipInfo(MODULE[:-3] + ".pyc", info.date_time)
-                pyc.compress_type, pyc.external_attr = info.compress_type, info.external_attr
+                pyc.compress_type, pyc.external_attr = zipfile.ZIP_STORED, info.external_attr
                 pyz.writestr(pyc, compiled(shiv.read(MODULE)))
 PY
     chmod 0755 "$output"

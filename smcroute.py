@@ -16,14 +16,16 @@ joins, interfaces and their events, router discovery, routing state,
 supervision (script hook, systemd), IPC, daemon loop, CLI.
 """
 
+# _socket and _signal, not socket and signal: those wrap these in enums,
+# a megabyte of memory that a router need not spend.
+import _signal
+import _socket
 import bisect
 import errno
 import fcntl
 import os
 import select
 import selectors
-import signal
-import socket
 import struct
 import sys
 import syslog
@@ -99,6 +101,28 @@ UPCALL_BUFSIZE = 256
 NETLINK_BUFSIZE = 65536
 
 MC_FORWARDING_V6 = "/proc/sys/net/ipv6/conf/all/mc_forwarding"
+
+class Socket(_socket.socket):
+    """What the daemon and its clients use of socket.socket."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def accept(self):
+        fd, address = self._accept()
+        return Socket(self.family, self.type, self.proto, fd), address
+
+
+def socketpair():
+    return tuple(Socket(s.family, s.type, s.proto, s.detach()) for s in _socket.socketpair())
+
+
+SIGNAL_NAMES = {_signal.SIGINT: "SIGINT", _signal.SIGTERM: "SIGTERM"}
 
 # ---------------------------------------------------------------------------
 # Logging and events: stderr in the foreground, syslog when detached; events
@@ -223,15 +247,15 @@ class Net:
 
 
 def ntop(addr):
-    return socket.inet_ntop(socket.AF_INET6 if len(addr) == 16 else socket.AF_INET, addr)
+    return _socket.inet_ntop(_socket.AF_INET6 if len(addr) == 16 else _socket.AF_INET, addr)
 
 
 def parse_net(text, role="address"):
     """'225.1.2.0/24', '10.0.0.1' or 'ff2e::/16' -> Net; `role` names it in errors."""
     addr, slash, length = text.partition("/")
-    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    family = _socket.AF_INET6 if ":" in addr else _socket.AF_INET
     try:
-        packed = socket.inet_pton(family, addr)
+        packed = _socket.inet_pton(family, addr)
     except OSError:
         raise ValueError("%s %r is not an IP address" % (role, text)) from None
     bits = len(packed) * 8
@@ -609,13 +633,13 @@ def host_key(source, group):
     exact rules: they need no Net objects."""
     if "/" in source or "/" in group:
         return None
-    family = socket.AF_INET6 if ":" in group else socket.AF_INET
+    family = _socket.AF_INET6 if ":" in group else _socket.AF_INET
     try:
-        src, grp = socket.inet_pton(family, source), socket.inet_pton(family, group)
+        src, grp = _socket.inet_pton(family, source), _socket.inet_pton(family, group)
     except OSError:
         return None
-    multicast = (grp[0] & 0xF0 == 0xE0) if family == socket.AF_INET else grp[0] == 0xFF
-    source_multicast = (src[0] & 0xF0 == 0xE0) if family == socket.AF_INET else src[0] == 0xFF
+    multicast = (grp[0] & 0xF0 == 0xE0) if family == _socket.AF_INET else grp[0] == 0xFF
+    source_multicast = (src[0] & 0xF0 == 0xE0) if family == _socket.AF_INET else src[0] == 0xFF
     if not multicast or source_multicast or not any(src):
         return None
     return src + grp
@@ -955,7 +979,7 @@ class Mroute:
     name = vif_name = ""
 
     def __init__(self, table=None):
-        self.sock = socket.socket(self.family, socket.SOCK_RAW, self.proto)
+        self.sock = Socket(self.family, _socket.SOCK_RAW, self.proto)
         try:
             if table is not None:
                 self.sock.setsockopt(self.level, MRT_TABLE, TABLE_ID.pack(table))
@@ -1084,7 +1108,7 @@ class Mroute:
 
 
 class MrouteV4(Mroute):
-    family, level, proto = socket.AF_INET, socket.IPPROTO_IP, socket.IPPROTO_IGMP
+    family, level, proto = _socket.AF_INET, _socket.IPPROTO_IP, _socket.IPPROTO_IGMP
     size, name, vif_name = 4, "IPv4", "VIF"
     SG_REQ = SIOC_SG_REQ
 
@@ -1129,18 +1153,18 @@ def ttl_vector(oifs):
 
 
 def sockaddr_in6(addr):
-    return SOCKADDR_IN6.pack(socket.AF_INET6, 0, 0, addr, 0)
+    return SOCKADDR_IN6.pack(_socket.AF_INET6, 0, 0, addr, 0)
 
 
 class MrouteV6(Mroute):
-    family, level, proto = socket.AF_INET6, socket.IPPROTO_IPV6, socket.IPPROTO_ICMPV6
+    family, level, proto = _socket.AF_INET6, _socket.IPPROTO_IPV6, _socket.IPPROTO_ICMPV6
     size, name, vif_name = 16, "IPv6", "MIF"
     SG_REQ = SIOC_SG_REQ6
 
     def __init__(self, table=None):
         super().__init__(table)
         # Upcalls bypass the ICMPv6 filter; real ICMPv6 traffic need not reach us.
-        self.sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
+        self.sock.setsockopt(_socket.IPPROTO_ICMPV6, ICMP6_FILTER, b"\xff" * 32)
         self.switched_on = switch_on(MC_FORWARDING_V6)
 
     def close(self):
@@ -1224,7 +1248,7 @@ def open_kernels(table=None):
 
 def sockaddr(addr):
     if len(addr) == 4:
-        return SOCKADDR_IN.pack(socket.AF_INET, 0, addr)
+        return SOCKADDR_IN.pack(_socket.AF_INET, 0, addr)
     return sockaddr_in6(addr)
 
 
@@ -1278,8 +1302,8 @@ class Joins:
             self.leave(key)
 
     def _open(self, family):
-        sock = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6,
-                             socket.SOCK_DGRAM)
+        sock = Socket(_socket.AF_INET if family == 4 else _socket.AF_INET6,
+                             _socket.SOCK_DGRAM)
         self.sockets[family].append(sock)
         return sock
 
@@ -1293,7 +1317,7 @@ class Joins:
     @staticmethod
     def _set(sock, option, key):
         index, src, grp = key
-        level = socket.IPPROTO_IP if len(grp) == 4 else socket.IPPROTO_IPV6
+        level = _socket.IPPROTO_IP if len(grp) == 4 else _socket.IPPROTO_IPV6
         if src:
             req = GROUP_SOURCE_REQ.pack(index, sockaddr(grp), sockaddr(src))
         else:
@@ -1361,8 +1385,8 @@ class Interfaces:
         self.by_name = {}
         self.by_index = {}
         self.buf = bytearray(NETLINK_BUFSIZE)
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NETLINK_RCVBUF)
+        self.sock = Socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _socket.NETLINK_ROUTE)
+        self.sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_RCVBUF, NETLINK_RCVBUF)
         self.sock.bind((0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))
         self.sock.setblocking(False)
 
@@ -1379,10 +1403,10 @@ class Interfaces:
     def refresh(self):
         """Read every interface anew; returns the changes [(before, after)]."""
         found = {}
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as dump:
+        with Socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _socket.NETLINK_ROUTE) as dump:
             dump.send(NLMSGHDR.pack(NLMSGHDR.size + IFINFOMSG.size, RTM_GETLINK,
                                     NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
-                      + IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+                      + IFINFOMSG.pack(_socket.AF_UNSPEC, 0, 0, 0, 0))
             done = False
             while not done:
                 size = dump.recv_into(self.buf)
@@ -1499,7 +1523,7 @@ def mrdisc_message(msgtype, interval=0):
 def parse_igmp(packet):
     """The IGMP type of an IPv4 packet as a raw socket reads it (IP header
     included), or None unless it is IGMP with a valid checksum."""
-    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != socket.IPPROTO_IGMP:
+    if len(packet) < 20 or packet[0] >> 4 != 4 or packet[9] != _socket.IPPROTO_IGMP:
         return None
     igmp = packet[(packet[0] & 0xF) * 4:struct.unpack_from("!H", packet, 2)[0]]
     if len(igmp) < 4 or igmp_checksum(igmp):
@@ -1522,7 +1546,7 @@ def advert_delay(interval, initial=False):
 
 def ifname(index):
     try:
-        return socket.if_indextoname(index)
+        return _socket.if_indextoname(index)
     except OSError:
         return "ifindex %d" % index
 
@@ -1549,16 +1573,16 @@ class RouterDiscovery:
         self.interval = interval
         self.log = log
         self.links = {}                 # ifindex -> MrdiscLink
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_IGMP)
+        self.sock = Socket(_socket.AF_INET, _socket.SOCK_RAW, _socket.IPPROTO_IGMP)
         try:
             # Link-local, with router alert as RFC 4286 requires; PKTINFO
             # tells where a solicitation came in; with MULTICAST_ALL off only
             # our own 224.0.0.2 memberships wake us, not every IGMP report
             # for the groups this host has joined.
-            for option, value in ((socket.IP_MULTICAST_TTL, 1), (socket.IP_MULTICAST_LOOP, 0),
-                                  (socket.IP_OPTIONS, ROUTER_ALERT), (IP_PKTINFO, 1),
+            for option, value in ((_socket.IP_MULTICAST_TTL, 1), (_socket.IP_MULTICAST_LOOP, 0),
+                                  (_socket.IP_OPTIONS, ROUTER_ALERT), (IP_PKTINFO, 1),
                                   (IP_MULTICAST_ALL, 0)):
-                self.sock.setsockopt(socket.IPPROTO_IP, option, value)
+                self.sock.setsockopt(_socket.IPPROTO_IP, option, value)
             self.sock.setblocking(False)
         except OSError:
             self.sock.close()
@@ -1570,7 +1594,7 @@ class RouterDiscovery:
         if ifindex in self.links:
             return
         try:
-            self._membership(socket.IP_ADD_MEMBERSHIP, ifindex)
+            self._membership(_socket.IP_ADD_MEMBERSHIP, ifindex)
         except OSError as exc:
             if exc.errno == errno.ENODEV:
                 return
@@ -1586,7 +1610,7 @@ class RouterDiscovery:
         if exc and exc.errno not in LINK_GONE:
             self.log("mrdisc: %s: cannot send a termination: %s" % (ifname(ifindex), exc.strerror))
         try:
-            self._membership(socket.IP_DROP_MEMBERSHIP, ifindex)
+            self._membership(_socket.IP_DROP_MEMBERSHIP, ifindex)
         except OSError:
             pass        # never joined (see start); a vanished interface's goes all the same
 
@@ -1595,7 +1619,7 @@ class RouterDiscovery:
         while True:
             try:
                 packet, ancdata, _, _ = self.sock.recvmsg(
-                    MRDISC_RECV_SIZE, socket.CMSG_SPACE(IN_PKTINFO.size))
+                    MRDISC_RECV_SIZE, _socket.CMSG_SPACE(IN_PKTINFO.size))
             except (BlockingIOError, InterruptedError):
                 break
             if parse_igmp(packet) == IGMP_MRDISC_SOL:
@@ -1642,21 +1666,21 @@ class RouterDiscovery:
         """Send to All-Snoopers out of `ifindex`; the OSError, or None."""
         pktinfo = IN_PKTINFO.pack(ifindex, bytes(4), bytes(4))
         try:
-            self.sock.sendmsg([message], [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)],
+            self.sock.sendmsg([message], [(_socket.IPPROTO_IP, IP_PKTINFO, pktinfo)],
                               0, (ALL_SNOOPERS, 0))
         except OSError as exc:
             return exc
         return None
 
     def _membership(self, option, ifindex):
-        self.sock.setsockopt(socket.IPPROTO_IP, option,
-                             IP_MREQN.pack(socket.inet_aton(ALL_ROUTERS), bytes(4), ifindex))
+        self.sock.setsockopt(_socket.IPPROTO_IP, option,
+                             IP_MREQN.pack(_socket.inet_aton(ALL_ROUTERS), bytes(4), ifindex))
 
     @staticmethod
     def _arrival(ancdata):
         """The ifindex a packet came in on, from its IP_PKTINFO."""
         for level, kind, data in ancdata:
-            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
+            if level == _socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= IN_PKTINFO.size:
                 return IN_PKTINFO.unpack_from(data)[0]
         return None
 
@@ -2713,7 +2737,7 @@ class Script:
         for pid, (action, started) in self.running.items():
             if now - started >= SCRIPT_TIMEOUT:
                 log.error("%s %s still runs after %d s, killed" % (self.path, action, SCRIPT_TIMEOUT))
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, _signal.SIGKILL)
                 self.running[pid] = (action, float("inf"))
 
 
@@ -2730,7 +2754,7 @@ class Notifier:
         if not self.address:
             return
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            with Socket(_socket.AF_UNIX, _socket.SOCK_DGRAM) as sock:
                 sock.sendto("\n".join(fields).encode(), self.address)
         except OSError as exc:
             log.warning("cannot notify systemd at %s: %s" % (self.address.lstrip("\0"), describe(exc)))
@@ -3185,7 +3209,7 @@ class Client:
 def probe_socket(path):
     """Refuse to start when another daemon answers on `path`; a socket
     file nobody answers on is stale, left by a daemon that was killed."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = Socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         probe.connect(path)
         raise Fatal(EX_UNAVAILABLE, "another daemon answers on %s" % path)
@@ -3224,7 +3248,7 @@ class ControlServer:
                         "create it, or give -u another path" % (path, folder))
         if os.path.exists(path):
             os.unlink(path)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = Socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             sock.bind(path)
@@ -3391,13 +3415,13 @@ class Daemon:
             self.script.run("install", source=details["source"], group=details["group"])
 
     def _catch_signals(self):
-        reader, writer = socket.socketpair()
+        reader, writer = socketpair()
         reader.setblocking(False)
         writer.setblocking(False)
         self._wakeup = (reader, writer)
-        signal.set_wakeup_fd(writer.fileno())
-        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
-            signal.signal(signum, lambda *_: None)
+        _signal.set_wakeup_fd(writer.fileno())
+        for signum in (_signal.SIGHUP, _signal.SIGINT, _signal.SIGTERM, _signal.SIGCHLD):
+            _signal.signal(signum, lambda *_: None)
         self.selector.register(reader, selectors.EVENT_READ, self._on_signal)
 
     def _on_signal(self, mask):
@@ -3406,12 +3430,12 @@ class Daemon:
         except BlockingIOError:
             return
         for signum in signums:
-            if signum == signal.SIGHUP:
+            if signum == _signal.SIGHUP:
                 self.reload(None)
-            elif signum == signal.SIGCHLD and self.script:
+            elif signum == _signal.SIGCHLD and self.script:
                 self.script.reap()
-            elif signum in (signal.SIGINT, signal.SIGTERM):
-                log.notice("exiting on %s" % signal.Signals(signum).name)
+            elif signum in (_signal.SIGINT, _signal.SIGTERM):
+                log.notice("exiting on %s" % SIGNAL_NAMES[signum])
                 self.running = False
 
     def reload(self, client):
@@ -3517,7 +3541,7 @@ class Daemon:
         for kernel in self.kernels.values():
             kernel.close()
         if self._wakeup is not None:
-            signal.set_wakeup_fd(-1)
+            _signal.set_wakeup_fd(-1)
             for sock in self._wakeup:
                 sock.close()
         if self.ready and self.options.pidfile:
@@ -3800,7 +3824,7 @@ def connect(options):
     one answers, retrying while the daemon is still starting."""
     paths = options.socket_paths()
     for path in paths:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = Socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         for attempt in range(CONNECT_TRIES):
             try:
                 sock.connect(path)
@@ -3852,12 +3876,23 @@ def send_command(sock, words):
     """Send one command line; returns (data lines, final line)."""
     sock.sendall((" ".join(words) + "\n").encode())
     lines = []
-    for line in sock.makefile("r", encoding="utf-8", errors="replace"):
-        line = line.rstrip("\n")
+    for line in reply_lines(sock):
         if line == "ok" or line.startswith(("error:", "{")):
             return lines, line
         lines.append(line)
     return lines, "error: the daemon closed the connection"
+
+
+def reply_lines(sock):
+    """The lines the daemon sends, as they come."""
+    pending = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        *lines, pending = (pending + data).split(b"\n")
+        for line in lines:
+            yield str(line, "utf-8", "replace")
 
 
 def run_commands(options, prog):
@@ -4215,7 +4250,7 @@ def run_daemon(options):
 def absent_interfaces(config):
     """What a config names that no interface here is: rules would wait for
     it, maybe for ever if it is a typo.  In config order."""
-    present = [name for _, name in socket.if_nameindex()]
+    present = [name for _, name in _socket.if_nameindex()]
 
     def absent(names):
         return [n for n in names if not any(name_matches(n, name) for name in present)]
@@ -4245,7 +4280,7 @@ SYSLOG_SOCKET = "/dev/log"
 
 
 def syslog_listens():
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+    with Socket(_socket.AF_UNIX, _socket.SOCK_DGRAM) as probe:
         try:
             probe.connect(SYSLOG_SOCKET)
         except OSError:
