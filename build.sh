@@ -24,10 +24,13 @@ PYTHON=${PYTHON:-python3}
 PACKAGES="python3:python3 ip:iproute2 setpriv:util-linux unshare:util-linux nsenter:util-linux
 make:make dockerd:docker.io debootstrap:debootstrap busybox:busybox script:bsdutils xxd:xxd
 smcroutectl:smcroute socat:socat man:man-db groff:groff-base"
+# What the test VM needs, on a kernel without multicast routing.
+VM_PACKAGES="qemu-system-x86_64:qemu-system-x86 cpio:cpio depmod:kmod"
+VM_CACHE=/var/cache/smcroute-ci
 
 install_packages() {
     missing=""
-    for entry in $PACKAGES; do
+    for entry in $1; do
         command -v "${entry%%:*}" >/dev/null || missing="$missing ${entry#*:}"
     done
     if command -v python3 >/dev/null && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
@@ -186,6 +189,85 @@ uninstall_all() {
     fi
 }
 
+# Can this kernel route multicast (IPv4 and IPv6)?  Asked in a network
+# namespace of its own: MRT_INIT on raw IGMP and ICMPv6 sockets.
+kernel_routes_multicast() {
+    unshare --net "$PYTHON" -c 'import socket
+for family, proto, level in ((socket.AF_INET, socket.IPPROTO_IGMP, socket.IPPROTO_IP),
+                             (socket.AF_INET6, socket.IPPROTO_ICMPV6, socket.IPPROTO_IPV6)):
+    socket.socket(family, socket.SOCK_RAW, proto).setsockopt(level, 200, (1).to_bytes(4, "little"))
+' 2>/dev/null
+}
+
+# Debian's kernel (IPv4 and IPv6 multicast routing with tables, veth, 9p)
+# unpacked in $VM_CACHE/kernel, and an initramfs that mounts the host's
+# root over 9p and hands over to the job's init (tests/vm/init).
+vm_kernel() {
+    kernel=$VM_CACHE/kernel
+    if [ ! -f "$kernel/version" ]; then
+        rm -rf "$kernel" && mkdir -p "$kernel"
+        package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+        (cd "$kernel" && apt-get download -q "$package" 2>/dev/null && dpkg-deb -x ./*.deb root && rm ./*.deb)
+        ls "$kernel/root/lib/modules" >"$kernel/version.new"
+        depmod -b "$kernel/root" "$(cat "$kernel/version.new")"
+        mv "$kernel/version.new" "$kernel/version"
+    fi
+    version=$(cat "$kernel/version")
+    vmlinuz=$kernel/root/boot/vmlinuz-$version
+    initrd=$kernel/initrd.gz
+    [ -f "$initrd" ] && [ "$initrd" -nt build.sh ] && return
+    tree=$(mktemp -d)
+    mkdir -p "$tree/bin" "$tree/root" "$tree/mod"
+    busybox=$(command -v busybox)
+    cp "$busybox" "$tree/bin/busybox"
+    for lib in $(ldd "$busybox" | awk '{for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i}'); do
+        mkdir -p "$tree$(dirname "$lib")" && cp "$lib" "$tree$lib"
+    done
+    modules=""
+    for module in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+                  9pnet 9pnet_virtio netfs fscache 9p; do
+        cp "$(find "$kernel/root/lib/modules/$version" -name "$module.ko")" "$tree/mod/"
+        modules="$modules $module"
+    done
+    {
+        echo '#!/bin/busybox sh'
+        echo "for module in$modules; do /bin/busybox insmod /mod/\$module.ko; done"
+        echo '/bin/busybox mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose host /root'
+        # shellcheck disable=SC2016  # $job is the kernel's, in the VM
+        echo 'exec /bin/busybox switch_root /root /bin/sh "$job/init" "$job"'
+    } >"$tree/init"
+    chmod 0755 "$tree/init"
+    (cd "$tree" && find . | cpio -o -H newc --quiet | gzip -1) >"$initrd"
+    rm -rf "$tree"
+}
+
+# Run "$@" in a VM on that kernel, with this machine's root as its root:
+# emulated (TCG), so slower, but the same programs and files.
+run_in_vm() {
+    install_packages "$VM_PACKAGES"
+    vm_kernel
+    job=$(mktemp -d "$VM_CACHE/job.XXXXXX")
+    cp tests/vm/init "$job/init"
+    ln -s "$kernel/root/lib/modules" "$job/modules"
+    {
+        echo "cd '$(pwd)'"
+        for name in CI VENV PYTHON; do
+            eval "value=\${$name-}"
+            [ -n "$value" ] && printf "export %s='%s'\n" "$name" "$value"
+        done
+        printf "'%s' " "$@"
+        echo
+    } >"$job/job.sh"
+    echo "build.sh: this kernel has no multicast routing: the tests run in a VM on Debian's $version"
+    qemu-system-x86_64 -accel tcg,thread=multi -cpu max -smp "$(nproc)" -m 6G -nographic -no-reboot \
+        -monitor none -kernel "$vmlinuz" -initrd "$initrd" \
+        -virtfs local,path=/,mount_tag=host,security_model=passthrough,multidevs=remap,id=host \
+        -append "console=ttyS0 quiet panic=-1 job=$job" </dev/null
+    status=$(cat "$job/status" 2>/dev/null || echo 1)
+    rm -rf "$job"
+    return "$status"
+}
+
 run_tests() {
     "$VENV/bin/ruff" check smcroute.py tests
     "$VENV/bin/shellcheck" build.sh .ci/run
@@ -210,9 +292,17 @@ case "${1:-}" in
         ;;
     test)
         shift
-        install_packages
+        install_packages "$PACKAGES"
         make_venv
         build_pyz smcroute.pyz
+        if kernel_routes_multicast; then
+            run_tests "$@"
+        else
+            run_in_vm ./build.sh vm-tests "$@"
+        fi
+        ;;
+    vm-tests)
+        shift
         run_tests "$@"
         ;;
     bench)
