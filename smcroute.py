@@ -26,6 +26,7 @@ import fcntl
 import os
 import select
 import selectors
+import stat
 import struct
 import sys
 import syslog
@@ -847,6 +848,7 @@ DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
               "mgroup": parse_mgroup, "ssmgroup": parse_mgroup}
 DIRECTIVE_WORDS = ("include",) + tuple(DIRECTIVES)
 MAX_INCLUDE_DEPTH = 16
+MAX_CONFIG_BYTES = 64 << 20     # per file: a million rules fit; /dev/zero or a disk image do not
 GLOB_MAGIC = "*?["
 MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL included
 
@@ -896,7 +898,7 @@ def reading_file(config, path, including):
         raise ConfigError("includes nested deeper than %d" % MAX_INCLUDE_DEPTH)
     origins = config.origins
     line = Line(config, path)
-    with open(path, "rb") as stream:
+    with open_config_file(path) as stream:
         origins.run(path, 1)
         for lineno, text in config_lines(stream):
             line.lineno, line.origin = lineno, origins.take()
@@ -923,6 +925,21 @@ def reading_file(config, path, including):
             except ValueError as exc:
                 config.problem("error", path, lineno, str(exc))
     config.count_unshown(path)
+
+
+def open_config_file(path):
+    """A regular file of at most MAX_CONFIG_BYTES, opened for reading: a
+    FIFO or device would block the reader, or never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_CONFIG_BYTES:
+        return os.fdopen(fd, "rb")
+    os.close(fd)
+    if stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.EISDIR, "Is a directory")
+    if not stat.S_ISREG(info.st_mode):
+        raise OSError(errno.EINVAL, "not a regular file")
+    raise OSError(errno.EFBIG, "larger than %d MiB, no config" % (MAX_CONFIG_BYTES >> 20))
 
 
 def before_comment(words):
@@ -2790,6 +2807,7 @@ class Periodic:
 
 MAX_LINE = 1024             # bytes in one command line
 MAX_CLIENTS = 64
+CLIENT_TIMEOUT = 30         # seconds a client may stay silent with nothing to send
 MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
 REPLY_BATCH = 1 << 14       # bytes of replies to pipelined commands sent at once
 
@@ -3038,6 +3056,14 @@ class Client:
         self.closing = False        # close once the output is sent
         self.binary = None          # SMCRoute's requests, not text lines; None: not known yet
         self.waiting = False        # for the reply to a command that runs as a job
+        self.last = time.monotonic()    # when it last sent or took a byte
+
+    def idle_since(self):
+        """When this client went idle, or None while it is owed something:
+        a reply in the making, or unsent output.  Monitors never idle."""
+        if self.waiting or self.outbuf or self.monitoring:
+            return None
+        return self.last
 
     def on_event(self, mask):
         if mask & selectors.EVENT_WRITE:
@@ -3057,6 +3083,7 @@ class Client:
             return self.close()
         self.inbuf += data
         self.eof = not data
+        self.last = time.monotonic()
 
     def process(self):
         """Answer the complete requests received, while replies go out."""
@@ -3164,6 +3191,7 @@ class Client:
         except OSError:
             return self.close()
         del self.outbuf[:sent]
+        self.last = time.monotonic()
         if self.closing and not self.outbuf:
             self.close()
 
@@ -3206,6 +3234,15 @@ class Client:
             self.sock = None
 
 
+def send_and_close(sock, text):
+    """A last word to a client, if it takes it at once."""
+    try:
+        sock.send(text)
+    except OSError:
+        pass
+    sock.close()
+
+
 def probe_socket(path):
     """Refuse to start when another daemon answers on `path`; a socket
     file nobody answers on is stale, left by a daemon that was killed."""
@@ -3220,7 +3257,11 @@ def probe_socket(path):
 
 
 class ControlServer:
-    """The listening UNIX socket and its clients."""
+    """The listening UNIX socket and its clients.  Clients that say nothing
+    for CLIENT_TIMEOUT are closed, and when MAX_CLIENTS are connected the
+    one idle the longest makes room for a new one: idle or half-written
+    connections, however many, never lock an operator out.  A timer of
+    the daemon loop."""
 
     def __init__(self, path, selector, control):
         self.path = path
@@ -3263,21 +3304,46 @@ class ControlServer:
         return sock
 
     def accept(self, mask):
-        try:
-            sock, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
-        if len(self.clients) >= MAX_CLIENTS:
+        """Take every connection waiting, so the backlog never fills."""
+        while True:
             try:
-                sock.send(b"error: too many clients\n")
-            except OSError:
-                pass
-            sock.close()
-            return
-        sock.setblocking(False)
-        client = Client(sock, self)
-        self.clients.add(client)
-        self.selector.register(sock, selectors.EVENT_READ, client.on_event)
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            if len(self.clients) >= MAX_CLIENTS and not self.make_room():
+                send_and_close(sock, b"error: too many clients\n")
+                continue
+            sock.setblocking(False)
+            client = Client(sock, self)
+            self.clients.add(client)
+            self.selector.register(sock, selectors.EVENT_READ, client.on_event)
+
+    def idle(self):
+        """(idle since, client) for the clients that are idle."""
+        return [(since, client) for since, client in
+                ((c.idle_since(), c) for c in self.clients) if since is not None]
+
+    def make_room(self):
+        idle = self.idle()
+        if not idle:
+            return False
+        self.drop(min(idle, key=lambda pair: pair[0])[1], "closed to make room for another client")
+        return True
+
+    def drop(self, client, why):
+        sock = client.sock
+        self.forget(client)
+        client.sock = None
+        send_and_close(sock, ("error: %s\n" % why).encode())
+
+    def deadline(self):
+        idle = self.idle()
+        return min(since for since, _ in idle) + CLIENT_TIMEOUT if idle else None
+
+    def on_timer(self, now):
+        for since, client in self.idle():
+            if now >= since + CLIENT_TIMEOUT:
+                self.drop(client, "idle for %d seconds, closed" % CLIENT_TIMEOUT)
 
     def watch(self, client):
         """Wait for what the client needs next: to write its reply, to read
@@ -3357,6 +3423,7 @@ class Daemon:
         self.selector.register(self.interfaces.sock, selectors.EVENT_READ,
                                lambda mask: self.read_interface_events())
         self.server = ControlServer(self.options.daemon_socket(), self.selector, Control(self))
+        self.timers.append(self.server)
         self._catch_signals()
         events.listeners.append(self.on_event)
         self.jobs.append(self.starting())

@@ -1,5 +1,6 @@
 """The smcroute.conf parser: every directive, and every error with its line."""
 
+import os
 import socket
 
 import pytest
@@ -300,3 +301,55 @@ def test_prefix_membership():
     assert socket.inet_aton("225.1.3.0") not in net
     assert socket.inet_pton(socket.AF_INET6, "ff2e::1") not in net
     assert [socket.inet_ntoa(a) for a in parse_net("225.1.2.4/31")] == ["225.1.2.4", "225.1.2.5"]
+
+
+# Whatever the file holds ------------------------------------------------------
+
+@given(st.text(alphabet=st.sampled_from(list("mroute from group source to phyint mgroup include "
+                                              "ssmgroup enable ttl-threshold #/:.0123456789abcdef+\t\n")),
+               max_size=600))
+def test_any_text_gives_rules_or_errors_with_file_and_line(tmp_path_factory, text):
+    path = tmp_path_factory.mktemp("fuzz") / "smcroute.conf"
+    path.write_text(text)
+    config = read_config(str(path))
+    assert all(t.startswith(str(path) + ":") for _, t in config.problems)
+
+
+@given(st.binary(max_size=2000))
+def test_any_bytes_give_rules_or_errors_with_file_and_line(tmp_path_factory, data):
+    path = tmp_path_factory.mktemp("fuzz") / "smcroute.conf"
+    path.write_bytes(data)
+    config = read_config(str(path))
+    assert all(t.startswith(str(path) + ":") for _, t in config.problems)
+
+
+def test_a_binary_file_is_refused_in_a_few_lines(parse, tmp_path):
+    (tmp_path / "blob").write_bytes(bytes(range(256)) * 4000 + b"\n\0\xff" * 5000)
+    config = parse("include blob\nmroute from a1 group 225.1.2.3 to b1\n")
+    assert config.error_count and len(config.problems) <= 22
+    assert any(t.startswith("blob: ") and "more" in t for _, t in config.problems)
+    assert routes(config) == [("a1", None, "225.1.2.3", ["b1"])]
+
+
+def test_a_ten_megabyte_line_is_one_error_and_the_next_line_counts(parse):
+    config = parse("mroute from a1 group 225.1.2.3 to " + "b1 " * (10 << 20 // 3) + "\n"
+                   "mroute from a1 group 225.1.2.4 to b2\n")
+    assert config.errors == ["smcroute.conf:1: line longer than 511 bytes: SMCRoute cuts it "
+                             "there and reads the rest as another line"]
+    assert routes(config) == [("a1", None, "225.1.2.4", ["b2"])]
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom", "fifo", "."])
+def test_devices_fifos_and_directories_are_no_config(parse, tmp_path, target):
+    os.mkfifo(tmp_path / "fifo")            # nobody ever writes it: opening it would block
+    config = parse("include %s\nmroute from a1 group 225.1.2.3 to b1\n" % target)
+    assert len(config.errors) == 1
+    assert "not a regular file" in config.errors[0] or "Is a directory" in config.errors[0]
+    assert routes(config) == [("a1", None, "225.1.2.3", ["b1"])]
+
+
+def test_a_huge_file_is_refused_without_being_read(parse, tmp_path):
+    with open(tmp_path / "huge.conf", "wb") as huge:
+        huge.truncate(1 << 30)              # sparse: a gigabyte of NULs
+    config = parse("include huge.conf\n")
+    assert config.errors == ["smcroute.conf:1: cannot include huge.conf: larger than 64 MiB, no config"]

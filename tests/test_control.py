@@ -3,6 +3,7 @@ client flags of the command line."""
 
 import json
 import os
+import resource
 import socket
 import stat
 import time
@@ -103,18 +104,52 @@ def test_idle_clients_do_not_block_others(start):
         sock.close()
 
 
-def test_connections_beyond_the_limit_are_told_and_closed(start):
+def test_a_thousand_idle_connections_never_lock_an_operator_out(start):
+    """Idle and half-written connections, however many: the one idle the
+    longest is told and closed to make room, and a new client is answered."""
     daemon = start()
-    held = [raw_connection(daemon) for _ in range(64)]
-    for sock in held:
-        sock.sendall(b"version\n")
-        assert sock.recv(100) == b"smcroute.py 0.1.0\nok\n"
-    extra = raw_connection(daemon)
-    assert extra.makefile().read() == "error: too many clients\n"
-    held.pop().close()
-    time.sleep(0.1)
-    assert daemon.ctl("version")[-1] == "ok"
-    for sock in held:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    held = []
+    try:
+        for n in range(1000):
+            held.append(raw_connection(daemon))
+            if n % 2:
+                held[-1].sendall(b"sho")            # half a line, never finished
+        begun = time.monotonic()
+        assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
+        answered = time.monotonic() - begun
+        assert held[0].makefile().read() == "error: closed to make room for another client\n"
+        assert held[1].makefile().read() == "error: closed to make room for another client\n"
+        assert answered < 2, "answered in %.3f s" % answered
+        held[-1].sendall(b"w\n")                    # the newest were kept
+        assert held[-1].recv(100).endswith(b"ok\n")
+    finally:
+        for sock in held:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_client_that_says_nothing_for_30_seconds_is_closed(start):
+    daemon = start()
+    quiet, talking, monitor = (raw_connection(daemon) for _ in range(3))
+    for sock in (quiet, talking, monitor):
+        sock.settimeout(45)
+    monitor.sendall(b"monitor\n")
+    assert monitor.recv(100) == b"ok\n"
+    begun = time.monotonic()
+    quiet.sendall(b"vers")
+    for _ in range(5):
+        time.sleep(6)
+        talking.sendall(b"version\n")
+        assert talking.recv(100) == b"smcroute.py 0.1.0\nok\n"
+    assert quiet.makefile().read() == "error: idle for 30 seconds, closed\n"
+    assert 30 <= time.monotonic() - begun
+    talking.sendall(b"version\n")                  # active ones stay, and monitors
+    assert talking.recv(100) == b"smcroute.py 0.1.0\nok\n"
+    daemon.ok("reload")
+    assert monitor.recv(1000).startswith(b"reload ")
+    for sock in (talking, monitor):
         sock.close()
 
 
