@@ -42,6 +42,9 @@ EX_NOKERNEL, EX_NOPERM, EX_CONFIG = 76, 77, 78
 IDENTITY = "smcroute"
 DEFAULT_SOCKET = "/run/smcroute"
 DEFAULT_EXPIRE = 60
+# Learned entries (forwarding and stop filters) kept at most: an upcall
+# flood of forged sources must not take the router's memory.
+DEFAULT_MAX_LEARNED = 32768
 
 # ---------------------------------------------------------------------------
 # Constants and kernel ABI (linux/mroute.h, mroute6.h, in.h, rtnetlink.h)
@@ -1738,7 +1741,8 @@ class Router:
         self.rules = Rules()
         self.memberships = {}           # Membership.key -> Membership
         self.origins = Origins()
-        self.learned = {}               # src+grp -> Learned
+        self.learned = {}               # src+grp -> Learned, oldest first
+        self.max_learned = DEFAULT_MAX_LEARNED
         self.mfc = {}                   # src+grp -> entry, as installed, in install order
         self.entries = {}               # (size, iif index, oif names) -> entry, shared
         self.routing = {}               # Interface -> routes_on(); both memos go with any change
@@ -1990,6 +1994,8 @@ class Router:
         learned = self.learned.get(key)
         if msgtype == UPCALL_NOCACHE:
             if learned is None:
+                if len(self.learned) >= self.max_learned:
+                    self.evict()
                 self.learned[key] = Learned(index)
             else:
                 learned.iif = index
@@ -2026,6 +2032,30 @@ class Router:
             return False
         here = self.ifaces.by_index.get(learned.iif)
         return here is None or self.match(key, here) is None
+
+    EVICTION_LOOKS = 8
+
+    def evict(self):
+        """Room for one more learned entry: of the oldest few, the first
+        that saw no packet since it was last looked at (a flood's forged
+        sources, a flow that ended), else the oldest.  Active ones go to
+        the back of the line."""
+        first = None
+        for key in [k for k, _ in zip(self.learned, range(self.EVICTION_LOOKS))]:
+            learned = self.learned[key]
+            packets, _, wrong_if = self.kernels[len(key) >> 1].counters(key)
+            # A new entry's count includes the packet it was learned from.
+            if packets - wrong_if <= (1 if learned.seen is None else learned.seen):
+                break
+            learned.seen = packets - wrong_if
+            self.learned[key] = self.learned.pop(key)
+            first = first or key
+        else:
+            key = first
+        events.emit(syslog.LOG_INFO, "evicted", "%s: %d learned routes, the most -L allows"
+                    % (key_text(key), self.max_learned))
+        del self.learned[key]
+        self.sync([key])
 
     def expire(self):
         """Drop learned entries that saw no packet since the last call."""
@@ -3414,6 +3444,7 @@ class Daemon:
             raise Fatal(EX_NOKERNEL, "the kernel has no multicast routing")
         self.interfaces = Interfaces()
         self.router = Router(self.kernels, self.interfaces)
+        self.router.max_learned = self.options.max_learned
         if 4 in self.kernels:
             discovery = self.router.discovery = RouterDiscovery(self.options.mrdisc, log.warning)
             self.selector.register(discovery.sock, selectors.EVENT_READ, discovery.on_readable)
@@ -3651,6 +3682,8 @@ Daemon options:
   -t ID              use multicast routing table ID (needs `ip mrule` rules)
   -m SEC             router discovery (RFC 4286) interval, 4..180 (default 20)
   -c SEC             expire idle learned routes after SEC..2*SEC s (default 60, 0: never)
+  -L N               keep at most N learned routes and stop filters, dropping the
+                     oldest idle one for a new one (default %(max_learned)d)
   -e CMD             run CMD start|reload|install, never through a shell
   -d                 detach into the background, log to syslog
   -n                 stay in the foreground (the default), log to stderr
@@ -3811,6 +3844,7 @@ class Options:
         self.socket = None
         self.pidfile = None
         self.expire = DEFAULT_EXPIRE
+        self.max_learned = DEFAULT_MAX_LEARNED
         self.table = None
         self.mrdisc = MRDISC_INTERVAL
         self.script = None
@@ -4137,10 +4171,10 @@ def smcroute_main(prog, argv):
         else:
             command = None          # another option ends the command's words
             rest.append(word)
-    opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:", ("log-level=", "help", "version"))
+    opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:L:", ("log-level=", "help", "version"))
     for flag, value in opts:
         if flag in ("-h", "--help"):
-            sys.stdout.write(HELP % {"prog": prog})
+            sys.stdout.write(HELP % {"prog": prog, "max_learned": DEFAULT_MAX_LEARNED})
             return EX_OK
         if flag in ("-v", "--version"):
             print("smcroute.py %s" % VERSION)
@@ -4153,6 +4187,10 @@ def smcroute_main(prog, argv):
             log.level = syslog.LOG_DEBUG
         elif flag == "--log-level":
             log.level = parse_level(value)
+        elif flag == "-L":
+            if not (value.isdigit() and int(value) > 0):
+                raise UsageError("-L needs a number of routes, at least 1")
+            options.max_learned = int(value)
     if args:
         if options.commands:
             raise UsageError("give a COMMAND or client options (-a -r -j -l -k), not both")

@@ -173,16 +173,19 @@ def test_a_second_daemon_on_the_same_table_exits_69_and_touches_nothing(bed, sta
     assert "225.1.2.3" in bed.mroutes(4)
 
 
-def test_a_stale_pid_file_and_socket_are_taken_over(bed, start):
+def test_after_sigkill_a_new_start_takes_over_and_brings_back_routes_and_joins(bed, start):
     first = start(SG + "mgroup from b1 group 225.9.9.9\n")
+    assert "225.9.9.9" in bed.exec("rtr", "ip", "maddr", "show", "dev", "b1").stdout
     first.proc.kill()
     first.proc.wait()
     first.expected_status = -9
     assert os.path.exists(first.socket) and os.path.exists(first.pidfile)
     wait_for(lambda: bed.mroutes(4) == "")          # the kernel cleaned up after it
+    assert "225.9.9.9" not in bed.exec("rtr", "ip", "maddr", "show", "dev", "b1").stdout
     second = start(SG + "mgroup from b1 group 225.9.9.9\n")
     assert open(second.pidfile).read() == "%d\n" % second.proc.pid
     assert "225.1.2.3" in bed.mroutes(4) and second.ok("version")
+    assert "225.9.9.9" in bed.exec("rtr", "ip", "maddr", "show", "dev", "b1").stdout
 
 
 # systemd -------------------------------------------------------------------------
