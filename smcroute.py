@@ -3265,7 +3265,16 @@ class Client:
 
 
 def send_and_close(sock, text):
-    """A last word to a client, if it takes it at once."""
+    """A last word to a client, if it takes it at once.  What it sent is
+    read first: closing on unread input would reset the connection, and
+    the client would never see the word."""
+    sock.setblocking(False)
+    try:
+        for _ in range(16):
+            if not sock.recv(1 << 16):
+                break
+    except OSError:
+        pass
     try:
         sock.send(text)
     except OSError:
