@@ -8,6 +8,8 @@ import socket
 import stat
 import time
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_forwarding import ALL, reached
 
 
@@ -151,6 +153,46 @@ def test_a_client_that_says_nothing_for_30_seconds_is_closed(start):
     assert monitor.recv(1000).startswith(b"reload ")
     for sock in (talking, monitor):
         sock.close()
+
+
+def test_random_bytes_on_the_socket_never_hurt(bed, start):
+    daemon = start("mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1\n")
+
+    @settings(max_examples=300, deadline=None, derandomize=True)
+    @given(st.binary(max_size=3000))
+    def send(data):
+        sock = raw_connection(daemon)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass                    # a binary request it refused and hung up on
+        finally:
+            sock.close()
+    send()
+    assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
+    assert "(10.0.0.1,225.1.2.3)" in bed.mroutes(4)
+
+
+def test_a_client_that_never_reads_a_big_reply_holds_up_no_one(start, tmp_path):
+    rules = "".join("mroute from a1 source 10.0.0.1 group 225.%d.%d.1 to b1\n" % (n >> 8, n & 255)
+                    for n in range(256, 256 + 10000))
+    daemon = start(rules)
+    greedy = [raw_connection(daemon) for _ in range(4)]
+    for sock in greedy:
+        sock.sendall(b"show\n" * 20)            # megabytes of replies, never read
+    for _ in range(20):
+        begun = time.monotonic()
+        assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
+        assert time.monotonic() - begun < 2
+    greedy[0].sendall(b"version\n")
+    greedy[0].close()                           # hangs up in the middle of its replies
+    assert daemon.ok("add a1 10.0.0.1 225.1.2.3 b1") == []
+    for sock in greedy[1:]:
+        sock.close()
+    assert daemon.proc.poll() is None
 
 
 # Routes at run time ---------------------------------------------------------
