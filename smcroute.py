@@ -2837,7 +2837,7 @@ class Periodic:
 
 MAX_LINE = 1024             # bytes in one command line
 MAX_CLIENTS = 64
-CLIENT_TIMEOUT = 30         # seconds a client may stay silent with nothing to send
+CLIENT_TIMEOUT = 30         # seconds a client may neither send nor take a byte
 MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
 REPLY_BATCH = 1 << 14       # bytes of replies to pipelined commands sent at once
 
@@ -3089,9 +3089,10 @@ class Client:
         self.last = time.monotonic()    # when it last sent or took a byte
 
     def idle_since(self):
-        """When this client went idle, or None while it is owed something:
-        a reply in the making, or unsent output.  Monitors never idle."""
-        if self.waiting or self.outbuf or self.monitoring:
+        """When this client last sent or took a byte; None while a reply
+        to it is in the making, and for monitors.  A client that does not
+        take its reply is as idle as one that sends nothing."""
+        if self.waiting or self.monitoring:
             return None
         return self.last
 

@@ -180,17 +180,18 @@ def test_a_client_that_never_reads_a_big_reply_holds_up_no_one(start, tmp_path):
     rules = "".join("mroute from a1 source 10.0.0.1 group 225.%d.%d.1 to b1\n" % (n >> 8, n & 255)
                     for n in range(256, 256 + 10000))
     daemon = start(rules)
-    greedy = [raw_connection(daemon) for _ in range(4)]
-    for sock in greedy:
-        sock.sendall(b"show\n" * 20)            # megabytes of replies, never read
+    greedy = []
+    for _ in range(70):                         # more than the 64 clients at once
+        greedy.append(raw_connection(daemon))
+        greedy[-1].sendall(b"show\n" * 20)      # megabytes of replies, never read
     for _ in range(20):
         begun = time.monotonic()
         assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
         assert time.monotonic() - begun < 2
-    greedy[0].sendall(b"version\n")
-    greedy[0].close()                           # hangs up in the middle of its replies
+    greedy[-1].sendall(b"version\n")
+    greedy[-1].close()                          # hangs up in the middle of its replies
     assert daemon.ok("add a1 10.0.0.1 225.1.2.3 b1") == []
-    for sock in greedy[1:]:
+    for sock in greedy[:-1]:
         sock.close()
     assert daemon.proc.poll() is None
 
