@@ -78,6 +78,8 @@ SIOC_SG_REQ = struct.Struct("@4s4sLLL")   # src group pktcnt bytecnt wrong_if
 IGMPMSG = struct.Struct("@8xBBBB4s4s")    # msgtype mbz vif vif_hi src dst
 MIF6CTL = struct.Struct("@HBBHI")         # mifi flags threshold pifi rate
 MF6CCTL = struct.Struct("@28s28sH0I32s")  # origin group parent if_set
+UCRED = struct.Struct("@iII")             # SO_PEERCRED: pid uid gid
+CAP_NET_ADMIN = 12                        # its bit in /proc/PID/status CapEff
 SIOC_SG_REQ6 = struct.Struct("@28s28sLLL")
 MRT6MSG = struct.Struct("@BBHI16s16s")    # mbz msgtype mif pad src dst
 SOCKADDR_IN = struct.Struct("@HH4s8x")
@@ -2946,10 +2948,17 @@ class Control:
                 return [json_line({"error": error})]
             return ["error: " + error]
 
+    # What any client may ask; everything else changes the daemon's state
+    # (or, for check, reads a file as root) and takes root or CAP_NET_ADMIN.
+    READ_ONLY = frozenset(("show", "version", "help", "monitor"))
+
     def run(self, words, client):
-        command = self.commands.get(words[0].lower())
+        name = words[0].lower()
+        command = self.commands.get(name)
         if command is None:
             raise CommandError("unknown command %r, try 'help'" % words[0])
+        if name not in self.READ_ONLY and not client.privileged:
+            raise CommandError("not allowed: %s takes root or CAP_NET_ADMIN" % name)
         self.daemon.read_interface_events()     # a command sees every change made before it
         reply = command(words[1:], client)
         if reply is None:
@@ -3087,6 +3096,7 @@ class Client:
         self.binary = None          # SMCRoute's requests, not text lines; None: not known yet
         self.waiting = False        # for the reply to a command that runs as a job
         self.last = time.monotonic()    # when it last sent or took a byte
+        self.privileged = peer_may_change_state(sock)
 
     def idle_since(self):
         """When this client last sent or took a byte; None while a reply
@@ -3265,6 +3275,23 @@ class Client:
             self.sock = None
 
 
+def peer_may_change_state(sock):
+    """Is the process that connected root, or does it hold CAP_NET_ADMIN?
+    Asked once, when it connects."""
+    try:
+        pid, uid, _ = UCRED.unpack(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED,
+                                                   UCRED.size))
+        if uid == 0:
+            return True
+        with open("/proc/%d/status" % pid) as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
 def send_and_close(sock, text):
     """A last word to a client, if it takes it at once.  What it sent is
     read first: closing on unread input would reset the connection, and
@@ -3303,13 +3330,13 @@ class ControlServer:
     connections, however many, never lock an operator out.  A timer of
     the daemon loop."""
 
-    def __init__(self, path, selector, control):
+    def __init__(self, path, selector, control, group=None):
         self.path = path
         self.selector = selector
         self.control = control
         self.clients = set()
         self.monitors = set()
-        self.sock = self._bind(path)
+        self.sock = self._bind(path, group)
         selector.register(self.sock, selectors.EVENT_READ, self.accept)
         events.listeners.append(self.broadcast)
 
@@ -3318,7 +3345,8 @@ class ControlServer:
             client.event(line + "\n")
 
     @staticmethod
-    def _bind(path):
+    def _bind(path, group):
+        """The socket, mode 0600, or 0660 for the members of `group` (a gid)."""
         probe_socket(path)
         if os.path.isdir(path):
             raise Fatal(EX_OSERR, "the control socket %s is a directory: give -u the name of a "
@@ -3339,6 +3367,9 @@ class ControlServer:
                         % (path, describe(exc))) from None
         finally:
             os.umask(old_umask)
+        if group is not None:
+            os.chown(path, -1, group)
+            os.chmod(path, 0o660)
         sock.listen(64)
         sock.setblocking(False)
         return sock
@@ -3463,7 +3494,8 @@ class Daemon:
             self.selector.register(kernel.sock, selectors.EVENT_READ, self._upcall_reader(kernel))
         self.selector.register(self.interfaces.sock, selectors.EVENT_READ,
                                lambda mask: self.read_interface_events())
-        self.server = ControlServer(self.options.daemon_socket(), self.selector, Control(self))
+        self.server = ControlServer(self.options.daemon_socket(), self.selector, Control(self),
+                                    self.options.socket_group)
         self.timers.append(self.server)
         self._catch_signals()
         events.listeners.append(self.on_event)
@@ -3687,6 +3719,8 @@ Daemon options:
   -f FILE            config file (default /etc/smcroute.conf, or /etc/NAME.conf with -i)
   -u SOCK            control socket (default /run/smcroute, or /run/NAME.sock with -i)
   -P FILE            PID file, written when ready (default /run/smcroute.pid)
+  -G GROUP           let GROUP use the control socket (mode 0660): its members
+                     may show and monitor; changes take root or CAP_NET_ADMIN
   -i NAME            identity: config, socket, PID file and syslog name, so that
                      several daemons can run side by side
   -t ID              use multicast routing table ID (needs `ip mrule` rules)
@@ -3844,6 +3878,16 @@ def parse_seconds(flag, value, allowed=None):
     return int(value)
 
 
+def parse_group_id(text):
+    if text.isdigit():
+        return int(text)
+    import grp  # only for a daemon that shares its socket
+    try:
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise UsageError("-G %s: no such group" % text) from None
+
+
 class Options:
     """How to run the daemon, or which command to send it."""
 
@@ -3855,6 +3899,7 @@ class Options:
         self.pidfile = None
         self.expire = DEFAULT_EXPIRE
         self.max_learned = DEFAULT_MAX_LEARNED
+        self.socket_group = None    # gid that may use the control socket too
         self.table = None
         self.mrdisc = MRDISC_INTERVAL
         self.script = None
@@ -4181,7 +4226,7 @@ def smcroute_main(prog, argv):
         else:
             command = None          # another option ends the command's words
             rest.append(word)
-    opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:L:", ("log-level=", "help", "version"))
+    opts, args = getopt(rest, "hvdnsDf:u:P:F:c:i:I:t:e:m:L:G:", ("log-level=", "help", "version"))
     for flag, value in opts:
         if flag in ("-h", "--help"):
             sys.stdout.write(HELP % {"prog": prog, "max_learned": DEFAULT_MAX_LEARNED})
@@ -4197,6 +4242,8 @@ def smcroute_main(prog, argv):
             log.level = syslog.LOG_DEBUG
         elif flag == "--log-level":
             log.level = parse_level(value)
+        elif flag == "-G":
+            options.socket_group = parse_group_id(value)
         elif flag == "-L":
             if not (value.isdigit() and int(value) > 0):
                 raise UsageError("-L needs a number of routes, at least 1")

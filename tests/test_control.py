@@ -1,11 +1,14 @@
 """End to end: the control socket's line protocol and its commands, and the
 client flags of the command line."""
 
+import grp
 import json
 import os
 import resource
 import socket
 import stat
+import subprocess
+import tempfile
 import time
 
 from hypothesis import given, settings
@@ -25,6 +28,49 @@ def raw_connection(daemon):
 def test_socket_is_private_to_root(start):
     daemon = start()
     assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+
+
+def as_user(daemon, line, *caps):
+    """`line` sent by nobody, in group nogroup, with the capabilities `caps`."""
+    setpriv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    if caps:
+        setpriv += ["--inh-caps=" + ",".join("+" + c for c in caps),
+                    "--ambient-caps=" + ",".join("+" + c for c in caps)]
+    client = "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); " \
+             "s.sendall(sys.argv[2].encode() + b'\\n'); s.shutdown(1); " \
+             "sys.stdout.write(s.makefile().read())"
+    ran = subprocess.run(setpriv + ["/usr/bin/python3", "-I", "-c", client, daemon.socket, line],
+                         capture_output=True, text=True, timeout=30)
+    return ran.stdout.splitlines() or [ran.stderr.strip().splitlines()[-1]]
+
+
+def open_way_to(folder):
+    """Let others reach the files in a test's folder (not list them)."""
+    while folder != tempfile.gettempdir() and len(folder) > 1:
+        os.chmod(folder, os.stat(folder).st_mode | 0o111)
+        folder = os.path.dirname(folder)
+
+
+def test_a_group_may_look_but_only_root_or_cap_net_admin_may_change(start):
+    daemon = start("", "-G", "nogroup")
+    open_way_to(daemon.dir)
+    info = os.stat(daemon.socket)
+    assert stat.S_IMODE(info.st_mode) == 0o660 and info.st_gid == grp.getgrnam("nogroup").gr_gid
+    assert as_user(daemon, "version") == ["smcroute.py 0.1.0", "ok"]
+    assert as_user(daemon, "show interfaces")[-1] == "ok"
+    for line in ("add a1 10.0.0.1 225.1.2.3 b1", "join a1 225.1.2.3", "flush", "reload",
+                 "check /etc/shadow", "kill"):
+        word = line.split()[0]
+        assert as_user(daemon, line) == ["error: not allowed: %s takes root or CAP_NET_ADMIN" % word]
+    assert daemon.ctl("show")[-1] == "ok" and "225.1.2.3" not in "".join(daemon.ctl("show"))
+    assert as_user(daemon, "add a1 10.0.0.1 225.1.2.3 b1", "net_admin") == ["ok"]
+    assert "225.1.2.3" in "".join(daemon.ctl("show"))
+
+
+def test_without_a_group_the_socket_is_roots_alone(start):
+    daemon = start()
+    open_way_to(daemon.dir)
+    assert "Permission denied" in as_user(daemon, "version")[0]
 
 
 def test_each_reply_ends_in_ok_or_error(start):
