@@ -9,6 +9,7 @@
 #   ./build.sh demo                 route multicast in a namespace lab, and tell how
 #   ./build.sh test [PYTEST ARGS]   build it, lint, check Python 3.8 compatibility, run all tests
 #   ./build.sh bench [ARGS]         compare smcroute.py with SMCRoute's C daemon (bench/compare.py --help)
+#   ./build.sh soak [--minutes N]   churn the daemon for N minutes (10), report its RSS and fds
 #
 # The test tools go into a virtualenv (.venv, or $VENV); Debian packages the
 # tests need are installed when missing.  Building the zipapp needs only shiv:
@@ -305,6 +306,15 @@ case "${1:-}" in
         shift
         run_tests "$@"
         ;;
+    soak)
+        shift
+        install_packages "$PACKAGES"
+        if kernel_routes_multicast; then
+            /usr/bin/python3 bench/soak.py "$@"
+        else
+            run_in_vm /usr/bin/python3 bench/soak.py "$@"
+        fi
+        ;;
     bench)
         shift
         # Debian's Python: a venv or pyenv one may load .pth hooks that
@@ -317,7 +327,7 @@ case "${1:-}" in
         ;;
     *)
         echo "usage: $0 pyz [OUTPUT] | install [PREFIX] | uninstall [PREFIX] | demo | test [PYTEST ARGS]" \
-            "| bench [ARGS]" >&2
+            "| bench [ARGS] | soak [--minutes N]" >&2
         exit 64
         ;;
 esac
