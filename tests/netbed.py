@@ -38,6 +38,10 @@ HOSTS = {
 LINKS = [("rtr", "a1", "snd", "eth0"), ("rtr", "b1", "rx1", "eth0"), ("rtr", "b2", "rx2", "eth0")]
 EXTRA_ADDRESSES = [("snd", "eth0", "10.0.0.9/24"), ("snd", "eth0", "fd00::9/64")]
 
+# Under emulation (build.sh test's VM, without KVM) everything takes
+# several times longer: the bounds of the few timed checks stretch by this.
+SLOWER = 10 if os.environ.get("SMCROUTE_EMULATED") else 1
+
 _ports = itertools.count(20000 + os.getpid() % 20000)
 
 
@@ -54,7 +58,7 @@ def new_port():
 
 def wait_for(predicate, timeout=5, why=lambda: "timed out"):
     """Poll until predicate() is true; fail with why() after `timeout` s."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * SLOWER
     while not predicate():
         assert time.monotonic() < deadline, why()
         time.sleep(0.02)
@@ -98,7 +102,7 @@ class NetBed:
     def wait_ipv6_multicast(self, host, ifnames, timeout=5):
         """IPv6 drops multicast on a link until its ff00::/8 route exists,
         which Linux adds on the carrier event, up to a second late."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWER
         while True:
             routes = self.exec(host, "ip", "-6", "route", "show", "table", "local").stdout
             missing = [i for i in ifnames if "multicast ff00::/8 dev %s " % i not in routes]
@@ -187,7 +191,7 @@ class Receivers:
 
     def __exit__(self, *exc):
         for host, proc in self.procs.items():
-            out, _ = proc.communicate(timeout=10)
+            out, _ = proc.communicate(timeout=10 * SLOWER)
             self.counts[host] = json.loads(out) if out.strip() else {}
 
 
@@ -236,7 +240,7 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout=10):
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWER
         while not os.path.exists(self.pidfile):
             if self.proc.poll() is not None:
                 raise RuntimeError("daemon exited with %s:\n%s" % (self.proc.returncode, self.log()))
@@ -252,7 +256,7 @@ class Daemon:
         """Send command lines on one connection; returns the reply lines."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.connect(self.socket)
-        sock.settimeout(10)
+        sock.settimeout(10 * SLOWER)
         sock.sendall("".join(line + "\n" for line in lines).encode())
         sock.shutdown(socket.SHUT_WR)
         data = b""
@@ -303,7 +307,7 @@ class Daemon:
             return self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout * SLOWER)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise

@@ -5,6 +5,8 @@ import socket
 import threading
 import time
 
+from netbed import SLOWER
+
 CONFIG = ("phyint b2 ttl-threshold 4\n"
           "mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1\n"
           "mroute from a1 group 225.3.0.0/16 to b1\n"
@@ -70,7 +72,7 @@ class Monitor:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(daemon.socket)
         self.sock.sendall(b"monitor\n")
-        self.sock.settimeout(5)
+        self.sock.settimeout(5 * SLOWER)
         self.lines = []
         self.buf = b""
         assert self.next() == "ok"
@@ -85,7 +87,7 @@ class Monitor:
 
     def wait(self, text, timeout=3):
         """Read events until one contains `text`; returns it."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOWER
         while True:
             assert time.monotonic() < deadline, "no %r in %s" % (text, self.lines)
             line = self.next()
@@ -129,7 +131,7 @@ def test_a_monitor_that_does_not_read_is_dropped_and_slows_nothing(bed, start):
     flaps = "".join("link set z0 %s\n" % ("up" if n % 2 else "down") for n in range(6000))
     bed.exec("rtr", "sh", "-c", "printf '%s' | ip -batch -" % flaps)
     started = time.monotonic()
-    assert daemon.ok("version") and time.monotonic() - started < 0.5
+    assert daemon.ok("version") and time.monotonic() - started < 0.5 * SLOWER
     bed.exec("rtr", "ip", "link", "del", "z0")
     reader.join()           # the reading monitor saw every event up to the last
     assert sum(line.startswith("interface z0 is ") for line in fast.lines) >= 5999
