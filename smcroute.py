@@ -853,7 +853,7 @@ DIRECTIVES = {"phyint": parse_phyint, "mroute": parse_mroute,
               "mgroup": parse_mgroup, "ssmgroup": parse_mgroup}
 DIRECTIVE_WORDS = ("include",) + tuple(DIRECTIVES)
 MAX_INCLUDE_DEPTH = 16
-MAX_CONFIG_BYTES = 64 << 20     # per file: a million rules fit; /dev/zero or a disk image do not
+MAX_CONFIG_BYTES = 64 << 20     # read of a file at most: a million rules fit, /dev/zero does not
 GLOB_MAGIC = "*?["
 MAX_LINE_BYTES = 511            # SMCRoute reads lines into 512 bytes, NUL included
 
@@ -878,21 +878,26 @@ def reading(path, previous=None):
 
 def config_lines(stream):
     """(line number, text or None) for each line; None for a line longer
-    than MAX_LINE_BYTES, which is never read whole."""
-    lineno = 0
+    than MAX_LINE_BYTES, which is never read whole.  Past MAX_CONFIG_BYTES
+    it is no config: OSError."""
+    lineno = read = 0
     while True:
         data = stream.readline(MAX_LINE_BYTES + 2)
         if not data:
             return
         lineno += 1
+        read += len(data)
         if len(data.rstrip(b"\n")) > MAX_LINE_BYTES:
-            while not data.endswith(b"\n"):
+            while not data.endswith(b"\n") and read <= MAX_CONFIG_BYTES:
                 data = stream.readline(1 << 16)
                 if not data:
                     break
+                read += len(data)
             yield lineno, None
         else:
             yield lineno, data.decode("utf-8", "replace")
+        if read > MAX_CONFIG_BYTES:
+            raise OSError(errno.EFBIG, "larger than %d MiB, no config" % (MAX_CONFIG_BYTES >> 20))
 
 
 def reading_file(config, path, including):
@@ -933,18 +938,16 @@ def reading_file(config, path, including):
 
 
 def open_config_file(path):
-    """A regular file of at most MAX_CONFIG_BYTES, opened for reading: a
-    FIFO or device would block the reader, or never end."""
+    """A file or device (/dev/null) opened for reading; a FIFO or socket
+    would block the reader."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    info = os.fstat(fd)
-    if stat.S_ISREG(info.st_mode) and info.st_size <= MAX_CONFIG_BYTES:
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return os.fdopen(fd, "rb")
     os.close(fd)
-    if stat.S_ISDIR(info.st_mode):
+    if stat.S_ISDIR(mode):
         raise OSError(errno.EISDIR, "Is a directory")
-    if not stat.S_ISREG(info.st_mode):
-        raise OSError(errno.EINVAL, "not a regular file")
-    raise OSError(errno.EFBIG, "larger than %d MiB, no config" % (MAX_CONFIG_BYTES >> 20))
+    raise OSError(errno.EINVAL, "not a file")
 
 
 def before_comment(words):
