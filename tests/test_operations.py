@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from netbed import DAEMON, new_port, wait_for
+from netbed import DAEMON, SLOWER, new_port, wait_for
 from test_forwarding import reached
 
 SG = "mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1\n"
@@ -48,12 +48,12 @@ def test_hook_runs_at_start_reload_and_for_each_learned_route(bed, start, tmp_pa
 
 def test_hooks_never_block_the_daemon_and_at_most_four_run_at_once(bed, start, tmp_path):
     spans = tmp_path / "spans"
-    script, ran = hook(tmp_path, 'echo "+ $(date +%%s.%%N)" >> %s\nsleep 0.5\n'
-                                 'echo "- $(date +%%s.%%N)" >> %s\n' % (spans, spans))
+    script, ran = hook(tmp_path, 'echo "+ $(date +%%s.%%N)" >> %s\nsleep %s\n'
+                                 'echo "- $(date +%%s.%%N)" >> %s\n' % (spans, 0.5 * SLOWER, spans))
     daemon = start(STAR_G, "-e", script)
     bed.traffic(["225.3.0.%d" % n for n in range(1, 11)], count=1, hosts=())
     started = time.monotonic()
-    assert daemon.ok("version") and time.monotonic() - started < 0.5
+    assert daemon.ok("version") and time.monotonic() - started < 0.5 * SLOWER
     wait_for(lambda: len(ran()) == 11, timeout=10)
     assert sorted(line.split()[2] for line in ran()[1:]) == sorted("225.3.0.%d" % n for n in range(1, 11))
     wait_for(lambda: spans.read_text().count("-") == 11)
@@ -287,8 +287,8 @@ def test_detaching_without_syslog_says_so_first(bed, tmp_path):
 def test_syslog_in_the_foreground_without_a_listener_says_so(bed, tmp_path):
     ran = without_syslog("ip netns exec %s %s %s -s -v" % (bed.ns("rtr"), sys.executable, DAEMON))
     assert ran.returncode == 0 and ran.stderr == ""     # -v runs no daemon
-    ran = without_syslog("ip netns exec %s timeout -s TERM 1 %s %s -n -s -f /dev/null -u %s -P ''"
-                         % (bed.ns("rtr"), sys.executable, DAEMON, tmp_path / "sock"))
+    ran = without_syslog("ip netns exec %s timeout -s TERM %d %s %s -n -s -f /dev/null -u %s -P ''"
+                         % (bed.ns("rtr"), SLOWER, sys.executable, DAEMON, tmp_path / "sock"))
     assert "nothing listens on /dev/log" in ran.stderr
     assert "ready" not in ran.stderr            # the log itself went to syslog
 
