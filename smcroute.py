@@ -3519,8 +3519,10 @@ class Daemon:
         if self.options.lifetime is not None:
             self.timers.append(Periodic(self.options.lifetime, self.stop_at_the_end_of_life))
         if self.options.pidfile:
-            with open(self.options.pidfile, "w") as pidfile:
+            # Whole or not at all: its existence says "ready" to supervisors.
+            with open(self.options.pidfile + ".new", "w") as pidfile:
                 pidfile.write("%d\n" % os.getpid())
+            os.replace(self.options.pidfile + ".new", self.options.pidfile)
         self.ready = True
         self.notifier.ready(self.status())
         if self.script:
