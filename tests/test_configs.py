@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 from conftest import require_root
-from netbed import DAEMON, run
+from netbed import DAEMON, SLOWER, run
 
 import smcroute
 
@@ -134,11 +134,19 @@ def verdict(netns, configs, *program):
     return "refused" if checked.returncode else "accepted"
 
 
+# Seen in build.sh test's emulated VM (Debian's 6.1 kernel, the root over
+# 9p): 2.5.6 refuses a file without a final newline and survives include
+# cycles there, both unlike on the host.
+C_DIFFERS_IN_THE_VM = {"128-no-final-newline", "215-include-cycle", "216-include-self"}
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_smcrouted_dash_f_agrees_with_smcroute_2_5_6(interfaces, configs, name, tmp_path):
     """A crash of 2.5.6 (cycles, 33 outputs) counts as refusing the file."""
     ours = str(tmp_path / "smcrouted")
     os.symlink(DAEMON, ours)
+    if name in C_DIFFERS_IN_THE_VM and SLOWER > 1:
+        pytest.xfail("2.5.6 reads %s otherwise on the test VM's kernel and 9p root" % name)
     theirs = verdict(interfaces, configs, C_DAEMON, "-F", name + ".conf")
     mine = verdict(interfaces, configs, sys.executable, ours, "-F", name + ".conf")
     if name in DIFFERENT:
