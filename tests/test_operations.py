@@ -272,7 +272,7 @@ def without_syslog(command):
     """Run `command` where nothing listens on /dev/log."""
     hide = "[ -e /dev/log ] && mount --bind /dev/null /dev/log; "
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                           hide + command], capture_output=True, text=True, timeout=10)
+                           hide + command], capture_output=True, text=True, timeout=10 * SLOWER)
 
 
 def test_detaching_without_syslog_says_so_first(bed, tmp_path):
