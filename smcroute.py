@@ -104,6 +104,9 @@ NETLINK_RCVBUF = 1 << 20  # room for a burst of events (a VLAN trunk coming up)
 
 # Upcalls are at most a header long; the buffer is reused for every read.
 UPCALL_BUFSIZE = 256
+# Upcalls handled at one turn of the loop: a flood keeps coming as fast as
+# they are read, and clients are served between turns.
+UPCALLS_PER_TURN = 64
 NETLINK_BUFSIZE = 65536
 
 MC_FORWARDING_V6 = "/proc/sys/net/ipv6/conf/all/mc_forwarding"
@@ -1121,8 +1124,9 @@ class Mroute:
     # Upcalls -----------------------------------------------------------
 
     def upcalls(self):
-        """Yield (msgtype, vif, src, grp) for each upcall waiting on the socket."""
-        while True:
+        """Yield (msgtype, vif, src, grp) for the upcalls waiting on the
+        socket, at most UPCALLS_PER_TURN of them."""
+        for _ in range(UPCALLS_PER_TURN):
             try:
                 size = self.sock.recv_into(self.buf)
             except (BlockingIOError, InterruptedError):

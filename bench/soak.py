@@ -33,12 +33,6 @@ CONFIGS = ["mroute from a1 group 225.5.0.0/16 to b1\n"
            "mgroup from a1 group 225.1.2.4\n"]
 
 
-def usage(pid):
-    with open("/proc/%d/status" % pid) as status:
-        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
-    return rss, len(os.listdir("/proc/%d/fd" % pid))
-
-
 def one_round(bed, daemon, n):
     for i in range(50):
         daemon.ok("add a1 10.0.0.1 228.%d.%d.1 b1" % (n % 200, i))
@@ -67,17 +61,16 @@ def main():
     daemon = Daemon(bed, CONFIGS[0], ["-c", "5"])
     try:
         daemon.start()
-        pid = daemon.proc.pid
         one_round(bed, daemon, 0)
-        first = peak = usage(pid)
+        first = peak = daemon.usage()
         began, rounds = time.monotonic(), 1
         while time.monotonic() - began < args.minutes * 60:
             one_round(bed, daemon, rounds)
             rounds += 1
-            now = usage(pid)
+            now = daemon.usage()
             peak = (max(peak[0], now[0]), max(peak[1], now[1]))
         time.sleep(12)                      # learned routes expire (-c 5: 5 to 10 s)
-        last = usage(pid)
+        last = daemon.usage()
         print("%d rounds in %.1f minutes (Python %s)" % (rounds, args.minutes, sys.version.split()[0]))
         print("RSS  after round 1 %6.1f MB, at the end %6.1f MB, peak %6.1f MB"
               % (first[0] / 1024, last[0] / 1024, peak[0] / 1024))

@@ -248,6 +248,12 @@ class Daemon:
                 raise RuntimeError("daemon not ready:\n" + self.log())
             time.sleep(0.01)
 
+    def usage(self):
+        """(RSS in kB, open file descriptors) of the daemon."""
+        with open("/proc/%d/status" % self.proc.pid) as status:
+            rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return rss, len(os.listdir("/proc/%d/fd" % self.proc.pid))
+
     def log(self):
         with open(self.logfile) as log:
             return log.read()
