@@ -32,6 +32,7 @@ import sys
 import syslog
 import time
 from collections import deque, namedtuple
+from itertools import chain
 
 VERSION = "0.1.0"
 
@@ -2363,33 +2364,53 @@ class Router:
         """The interfaces a rule's OIF names stand for now, in its order."""
         return list(dict.fromkeys(iface.name for name in names for iface in self.usable(name)))
 
-    def kernel_rows(self):
-        """Every installed entry, in install order, as RouteRows."""
-        rows = []
-        for key, (parent, oifs) in self.mfc.items():
+    # Rows are made one at a time from a snapshot of the keys, as a reply
+    # takes them: a table of 100k routes is never held whole, and an entry
+    # gone meanwhile is left out.
+
+    def kernel_rows(self, keep=lambda oifs: True):
+        """Installed entries whose OIF list `keep` takes, in install order,
+        as RouteRows."""
+        for key in list(self.mfc):
+            entry = self.mfc.get(key)
+            if entry is None or not keep(entry[1]):
+                continue
+            parent, oifs = entry
             size = len(key) >> 1
             packets, octets, _ = self.kernels[size].counters(key)
             rule = self.rules.exact.get(key)
             kind = "static" if rule is not None else "learned" if oifs else "stop"
-            rows.append(RouteRow(kind, *split_key_text(key), self.vif_names(size, [parent])[0],
-                                 self.vif_names(size, [vif for vif, _ in oifs]), packets, octets,
-                                 [name for name, _ in self.missing(rule.oifs)] if rule else []))
-        return rows
+            yield RouteRow(kind, *split_key_text(key), self.vif_names(size, [parent])[0],
+                           self.vif_names(size, [vif for vif, _ in oifs]), packets, octets,
+                           [name for name, _ in self.missing(rule.oifs)] if rule else [])
 
-    def rule_rows(self):
-        """(templates, exact rules) as RouteRows, in config order; counters
-        are the kernel's for an exact rule's entry, else 0."""
-        templates = [RouteRow("template", route.source and str(route.source), str(route.group),
-                              route.iif, self.present_oifs(route.oifs), 0, 0, [])
-                     for route in self.rules.all_templates()]
-        exact = []
-        for key, rule in self.rules.all_exact():
-            counters = (0, 0)
-            if key in self.mfc and self.rules.exact[key] is rule:
-                counters = self.kernels[len(key) >> 1].counters(key)[:2]
-            exact.append(RouteRow("rule", *split_key_text(key), rule.iif,
-                                  self.present_oifs(rule.oifs), *counters, []))
-        return templates, exact
+    def template_rows(self):
+        """Templates as RouteRows, in config order, with no counters."""
+        return [RouteRow("template", route.source and str(route.source), str(route.group),
+                         route.iif, self.present_oifs(route.oifs), 0, 0, [])
+                for route in self.rules.all_templates()]
+
+    def exact_rows(self, keep=lambda key, rule: True):
+        """Exact rules that `keep` takes, alternates included, as RouteRows
+        in config order; counters are the kernel's for a rule's entry, else
+        0."""
+        for key in list(self.rules.exact):
+            rule = self.rules.exact.get(key)
+            if rule is None:
+                continue
+            for other in [rule] + self.rules.alternates.get(key, []):
+                if not keep(key, other):
+                    continue
+                counters = (0, 0)
+                if other is rule and key in self.mfc:
+                    counters = self.kernels[len(key) >> 1].counters(key)[:2]
+                yield RouteRow("rule", *split_key_text(key), other.iif,
+                               self.present_oifs(other.oifs), *counters, [])
+
+    def iif_present(self, key, rule):
+        """Does a rule's inbound interface exist now?  SMCRoute shows only
+        those."""
+        return rule.iif in self.ifaces.by_name
 
     def group_rows(self):
         """(memberships wanted, memberships held) as (source, group, iif) rows."""
@@ -2506,7 +2527,7 @@ ROUTE_TITLES = ("(*,G) Template Rules", "(S,G) Rules", "Kernel MFC Table")
 GROUP_TITLES = ("Group Memberships Table", "Kernel Group Membership Table")
 PENDING_TITLE = "PENDING ROUTES AND GROUPS"     # no marker: smcroutectl -t keeps it
 # 2.6.0 follows this with its last log line, a bug: not copied.
-PENDING_NONE = "No pending routes or groups\n"
+PENDING_NONE = "No pending routes or groups"
 
 TABLES = ("routes", "groups", "interfaces", "pending")
 
@@ -2519,12 +2540,17 @@ def column_width(names, header):
 
 
 def section(title, header, lines):
-    """A titled table, or nothing when it has no rows: 2.6.0 leaves empty
-    tables out of a reply."""
-    if not lines:
-        return ""
-    head = [title + TITLE_MARK] + ([header + HEADER_MARK] if header is not None else [])
-    return "".join(line + "\n" for line in head + lines)
+    """A titled table's lines, or none when it has no rows: 2.6.0 leaves
+    empty tables out of a reply."""
+    lines = iter(lines)
+    first = next(lines, None)
+    if first is None:
+        return
+    yield title + TITLE_MARK
+    if header is not None:
+        yield header + HEADER_MARK
+    yield first
+    yield from lines
 
 
 def route_line(pair, iif, width, counters, oifs):
@@ -2537,25 +2563,22 @@ def route_line(pair, iif, width, counters, oifs):
 
 
 def route_lines(rows, width, detail):
-    return [route_line(pairs_text(row.source, row.group), row.iif, width,
-                       (row.packets, row.bytes) if detail else None, row.oifs) for row in rows]
+    return (route_line(pairs_text(row.source, row.group), row.iif, width,
+                       (row.packets, row.bytes) if detail else None, row.oifs) for row in rows)
 
 
 def smcroute_routes(router, detail):
     """`s` (and `S`, with counters): templates and exact rules whose inbound
     interface exists, then the kernel's entries in install order, stop
     filters last."""
-    present = router.ifaces.by_name
-    templates, exact = router.rule_rows()
-    kernel = router.kernel_rows()
-    tables = ([r for r in templates if router.ifaces.matching(r.iif)],
-              [r for r in exact if r.iif in present],
-              [r for r in kernel if r.oifs] + [r for r in kernel if not r.oifs])
-    width = column_width(present, ROUTE_HEADER[1])
+    tables = ([r for r in router.template_rows() if router.ifaces.matching(r.iif)],
+              router.exact_rows(router.iif_present),
+              chain(router.kernel_rows(bool), router.kernel_rows(lambda oifs: not oifs)))
+    width = column_width(router.ifaces.by_name, ROUTE_HEADER[1])
     name, iif, counters, oifs = ROUTE_HEADER
     header = route_line(name, iif, width, counters if detail else None, [oifs])
-    return "".join(section(title, header, route_lines(rows, width, detail))
-                   for title, rows in zip(ROUTE_TITLES, tables))
+    for title, rows in zip(ROUTE_TITLES, tables):
+        yield from section(title, header, route_lines(rows, width, detail))
 
 
 def group_lines(rows):
@@ -2567,10 +2590,9 @@ def smcroute_groups(router, detail):
     with no header."""
     wanted, held = router.group_rows()
     header = "%-*s %-*s" % (ADDR_COLUMN, GROUP_HEADER[0], GROUP_IIF_COLUMN, GROUP_HEADER[1])
-    text = section(GROUP_TITLES[0], header, group_lines(wanted))
+    yield from section(GROUP_TITLES[0], header, group_lines(wanted))
     if detail:
-        text += section(GROUP_TITLES[1], None, group_lines(held))
-    return text
+        yield from section(GROUP_TITLES[1], None, group_lines(held))
 
 
 def interface_line(index, name, vif, mif, width):
@@ -2586,12 +2608,11 @@ def smcroute_interfaces(router, detail):
     namespace, with or without a VIF."""
     rows = router.interface_rows()
     if not rows:
-        return ""
+        return []
     width = column_width([row.name for row in rows], INTERFACE_HEADER[1])
-    lines = [interface_line(*INTERFACE_HEADER, width=width) + HEADER_MARK]
-    lines += [interface_line(row.index, row.name, number_text(row.vif), number_text(row.mif), width)
-              for row in rows]
-    return "".join(line + "\n" for line in lines)
+    return [interface_line(*INTERFACE_HEADER, width=width) + HEADER_MARK] + \
+        [interface_line(row.index, row.name, number_text(row.vif), number_text(row.mif), width)
+         for row in rows]
 
 
 def pending_line(row):
@@ -2609,8 +2630,8 @@ def smcroute_pending(router, detail):
     every OIF of the config line."""
     rows = router.pending_rows()
     if not rows:
-        return PENDING_NONE
-    return "".join(line + "\n" for line in [PENDING_TITLE] + [pending_line(row) for row in rows])
+        return [PENDING_NONE]
+    return [PENDING_TITLE] + [pending_line(row) for row in rows]
 
 
 SMCROUTE_TABLES = {"routes": smcroute_routes, "groups": smcroute_groups,
@@ -2628,63 +2649,86 @@ def smcroute_topic(words):
 # readers still work.
 
 
-def route_objects(rows):
-    return [{"source": row.source, "group": row.group, "iif": row.iif, "oifs": row.oifs,
-             "packets": row.packets, "bytes": row.bytes} for row in rows]
-
-
-def json_routes(router):
-    templates, exact = router.rule_rows()
-    present = router.ifaces.by_name
-    return {"routes": {"asm": route_objects(r for r in templates if router.ifaces.matching(r.iif)),
-                       "ssm": route_objects(r for r in exact if r.iif in present),
-                       "kernel": route_objects(router.kernel_rows())}}
-
-
-def json_groups(router):
-    return {"groups": {key: [{"source": source, "group": group, "iif": iif}
-                             for source, group, iif in rows]
-                       for key, rows in zip(("conf", "kernel"), router.group_rows())}}
-
-
-def json_interfaces(router):
-    return {"interfaces": [{"index": row.index, "name": row.name, "vif": row.vif, "mif": row.mif,
-                            "state": row.state, "multicast": row.multicast, "ttl": row.ttl}
-                           for row in router.interface_rows()]}
-
-
-def json_pending(router):
-    return {"pending": [{"kind": row.kind, "iif": row.iif, "source": row.source, "group": row.group,
-                         "oifs": row.oifs, "origin": row.origin, "waits_for": row.waits_for}
-                        for row in router.pending_rows()]}
-
-
-JSON_TABLES = {"routes": json_routes, "groups": json_groups,
-               "interfaces": json_interfaces, "pending": json_pending}
-
-
-def json_line(obj):
+def json_module():
     try:
         import json  # Debian's python3-minimal lacks it; the rest runs there
     except ImportError:
         raise CommandError("JSON output needs Python's json module") from None
-    return json.dumps(obj, separators=(",", ":"))
+    return json
+
+
+def json_line(obj):
+    return json_module().dumps(obj, separators=(",", ":"))
+
+
+def json_array(objects):
+    """A JSON list's text, an element at a time."""
+    yield "["
+    for n, obj in enumerate(objects):
+        yield ("," if n else "") + json_line(obj)
+    yield "]"
+
+
+def route_objects(rows):
+    return ({"source": row.source, "group": row.group, "iif": row.iif, "oifs": row.oifs,
+             "packets": row.packets, "bytes": row.bytes} for row in rows)
+
+
+def json_routes(router):
+    """The routes table, streamed: the same text as one json.dumps."""
+    yield '{"routes":{"asm":'
+    yield from json_array(route_objects(r for r in router.template_rows()
+                                        if router.ifaces.matching(r.iif)))
+    yield ',"ssm":'
+    yield from json_array(route_objects(router.exact_rows(router.iif_present)))
+    yield ',"kernel":'
+    yield from json_array(route_objects(router.kernel_rows()))
+    yield "}}"
+
+
+def json_groups(router):
+    return [json_line({"groups": {key: [{"source": source, "group": group, "iif": iif}
+                                        for source, group, iif in rows]
+                                  for key, rows in zip(("conf", "kernel"), router.group_rows())}})]
+
+
+def json_interfaces(router):
+    return [json_line({"interfaces": [{"index": row.index, "name": row.name, "vif": row.vif,
+                                       "mif": row.mif, "state": row.state,
+                                       "multicast": row.multicast, "ttl": row.ttl}
+                                      for row in router.interface_rows()]})]
+
+
+def json_pending(router):
+    return [json_line({"pending": [{"kind": row.kind, "iif": row.iif, "source": row.source,
+                                    "group": row.group, "oifs": row.oifs, "origin": row.origin,
+                                    "waits_for": row.waits_for}
+                                   for row in router.pending_rows()]})]
+
+
+# Each gives the table's JSON text in pieces.
+JSON_TABLES = {"routes": json_routes, "groups": json_groups,
+               "interfaces": json_interfaces, "pending": json_pending}
 
 # Our own tables: a column per field, as wide as its widest value, so
 # long IPv6 addresses do not break them.
 
 
 def text_table(columns, rows):
-    """columns: (header, right-aligned?); rows: tuples of text.  The last
-    column is not padded."""
-    widths = [max([len(header)] + [len(row[n]) for row in rows])
-              for n, (header, _) in enumerate(columns)]
-    lines = []
-    for values in [tuple(header for header, _ in columns)] + rows:
+    """columns: (header, right-aligned?); rows: a function that makes the
+    rows, tuples of text, afresh.  A pass over them finds the widths (a
+    None for each row: no text yet), a second one makes the lines, so a big
+    table is never held whole; a counter that grows in between may push
+    the rest of its row right.  The last column is not padded."""
+    headers = tuple(header for header, _ in columns)
+    widths = [len(header) for header in headers]
+    for row in rows():
+        widths = [max(width, len(value)) for width, value in zip(widths, row)]
+        yield None
+    for values in chain([headers], rows()):
         cells = [value.rjust(width) if right else value.ljust(width)
                  for value, width, (_, right) in zip(values[:-1], widths, columns)]
-        lines.append("  ".join(cells + [values[-1]]).rstrip())
-    return lines
+        yield "  ".join(cells + [values[-1]]).rstrip()
 
 
 def dash(value):
@@ -2692,36 +2736,35 @@ def dash(value):
 
 
 def readable_routes(router):
-    rows = router.kernel_rows()
-    installed = {(row.source, row.group) for row in rows}
-    templates, exact = router.rule_rows()
-    rows += [row._replace(kind="waiting", packets=None, bytes=None) for row in exact
-             if (row.source, row.group) not in installed]
-    rows += [row._replace(packets=None, bytes=None) for row in templates]
+    """Every kernel entry, then the exact rules not in the kernel, then the
+    templates."""
+    def rows():
+        waiting = router.exact_rows(lambda key, rule: key not in router.mfc)
+        for row in chain(router.kernel_rows(),
+                         (row._replace(kind="waiting", packets=None, bytes=None) for row in waiting),
+                         (row._replace(packets=None, bytes=None) for row in router.template_rows())):
+            yield (row.kind, dash(row.source), row.group, row.iif, dash(row.packets),
+                   dash(row.bytes), " ".join(row.oifs + ["(%s)" % n for n in row.waiting]) or "-")
     return text_table((("KIND", False), ("SOURCE", False), ("GROUP", False), ("IIF", False),
-                       ("PACKETS", True), ("BYTES", True), ("OIFS", False)),
-                      [(row.kind, dash(row.source), row.group, row.iif, dash(row.packets),
-                        dash(row.bytes), " ".join(row.oifs + ["(%s)" % n for n in row.waiting]) or "-")
-                       for row in rows])
+                       ("PACKETS", True), ("BYTES", True), ("OIFS", False)), rows)
 
 
 def readable_groups(router):
-    wanted, held = router.group_rows()
     return text_table((("SOURCE", False), ("GROUP", False), ("IIF", False)),
-                      [(dash(source), group, iif) for source, group, iif in held])
+                      lambda: ((dash(source), group, iif) for source, group, iif in router.group_rows()[1]))
 
 
 def readable_interfaces(router):
     return text_table((("NAME", False), ("INDEX", True), ("STATE", False), ("VIF", True),
                        ("MIF", True), ("TTL", True)),
-                      [(row.name, str(row.index), row.state, dash(row.vif), dash(row.mif), str(row.ttl))
-                       for row in router.interface_rows()])
+                      lambda: ((row.name, str(row.index), row.state, dash(row.vif), dash(row.mif),
+                                str(row.ttl)) for row in router.interface_rows()))
 
 
 def readable_pending(router):
     return text_table((("ORIGIN", False), ("RULE", False), ("WAITS FOR", False)),
-                      [(row.origin, pending_line(row).replace("  ", " ", 1), ", ".join(row.waits_for))
-                       for row in router.pending_rows()])
+                      lambda: ((row.origin, pending_line(row).replace("  ", " ", 1),
+                                ", ".join(row.waits_for)) for row in router.pending_rows()))
 
 
 READABLE_TABLES = {"routes": readable_routes, "groups": readable_groups,
@@ -2849,6 +2892,7 @@ MAX_CLIENTS = 64
 CLIENT_TIMEOUT = 30         # seconds a client may neither send nor take a byte
 MONITOR_BUFFER = 1 << 16    # bytes of events a monitor may fall behind
 REPLY_BATCH = 1 << 14       # bytes of replies to pipelined commands sent at once
+REPLY_SLICE = 0.005         # seconds spent making one reply between two looks at the sockets
 
 # SMCRoute's binary request, in native layout: size_t length of the whole
 # message, u16 command character, u16 word count, padding to size_t's
@@ -2911,10 +2955,30 @@ def split_source_group(words, usage):
     return words[0], words[1], words[2:]
 
 
+class Stream:
+    """A reply made as it is sent: its text in pieces, taken while the
+    client takes them, so that a table of 100k routes is never held whole
+    and the loop serves others between pieces; a None piece is no text,
+    only work done.  `end` follows in the text protocol; should
+    making a piece fail, `failed(exc)` is sent instead of the rest."""
+
+    __slots__ = ("pieces", "end", "failed")
+
+    def __init__(self, pieces, end, failed):
+        self.pieces = iter(pieces)
+        self.end = end
+        self.failed = failed
+
+    def binary(self):
+        """The same reply in SMCRoute's protocol: its text, then a NUL."""
+        end = REPLY_END.decode()
+        return Stream(self.pieces, end, lambda exc: self.failed(exc) + end)
+
+
 class Control:
     """The daemon's commands, one method per command word, each returning
-    data lines, or the whole reply as one line of JSON, or raising
-    CommandError."""
+    data lines, or the whole reply as one line of JSON, or a Stream, or
+    raising CommandError."""
 
     HELP = [
         "add IIF [SRC[/LEN]] GRP[/LEN] [OIF ...]   add a route, or OIFs to one",
@@ -2945,7 +3009,7 @@ class Control:
 
     def execute(self, line, client):
         """Run one command line for `client`; returns its reply lines: data
-        lines then `ok` or `error: ...`, or one line of JSON."""
+        lines then `ok` or `error: ...`, or one line of JSON, or a Stream."""
         words = line.split()
         try:
             return self.run(words, client)
@@ -2968,8 +3032,8 @@ class Control:
             raise CommandError("not allowed: %s takes root or CAP_NET_ADMIN" % name)
         self.daemon.read_interface_events()     # a command sees every change made before it
         reply = command(words[1:], client)
-        if reply is None:
-            return None         # a reply to come, when a job is done
+        if reply is None or isinstance(reply, Stream):
+            return reply        # a reply to come when a job is done, or made as it is sent
         return [reply] if isinstance(reply, str) else reply + ["ok"]
 
     @staticmethod
@@ -3021,12 +3085,17 @@ class Control:
         detail = form == "smcroute" and words == ["detail"]
         if words and not detail:
             raise CommandError(self.SHOW_USAGE)
+        line = " ".join(["show"] + args)     # for the log, should a row fail
         if form == "json":
-            return json_line(JSON_TABLES[table](self.router))
+            json_module()           # or an error reply now, before any of the text
+            return Stream(chain(JSON_TABLES[table](self.router), ["\n"]), "",
+                          lambda exc: "\n%s\n" % json_line({"error": self.error_text(exc, line)}))
         if form == "smcroute":
-            text = SMCROUTE_TABLES[table](self.router, detail)
-            return text.split("\n")[:-1] if text else []
-        return READABLE_TABLES[table](self.router)
+            lines = SMCROUTE_TABLES[table](self.router, detail)
+        else:
+            lines = READABLE_TABLES[table](self.router)
+        return Stream((text if text is None else text + "\n" for text in lines), "ok\n",
+                      lambda exc: "error: %s\n" % self.error_text(exc, line))
 
     def flush(self, args, client):
         count = self.router.forget(list(self.router.learned))
@@ -3069,12 +3138,14 @@ class Control:
     BINARY_SHOW = {"s": "smcroute", "S": "smcroute detail", "J": "json"}
 
     def execute_binary(self, cmd, words, client):
-        """An SMCRoute request: its reply text, empty on success; None
-        for one to come."""
+        """An SMCRoute request: its reply text, empty on success, or a
+        Stream of it; None for one to come."""
         if cmd in self.BINARY_SHOW:
             table = smcroute_topic(words)
             line = "show %s %s" % (table, self.BINARY_SHOW[cmd])
             reply = self.execute(line, client)
+            if isinstance(reply, Stream):
+                return reply.binary()
             if cmd == "J":
                 return reply[0] + "\n"
             return "".join(text + "\n" for text in reply[:-1])
@@ -3102,19 +3173,24 @@ class Client:
         self.closing = False        # close once the output is sent
         self.binary = None          # SMCRoute's requests, not text lines; None: not known yet
         self.waiting = False        # for the reply to a command that runs as a job
+        self.stream = None          # the pieces of a reply still to be made
         self.last = time.monotonic()    # when it last sent or took a byte
         self.privileged = peer_may_change_state(sock)
 
     def idle_since(self):
         """When this client last sent or took a byte; None while a reply
-        to it is in the making, and for monitors.  A client that does not
-        take its reply is as idle as one that sends nothing."""
-        if self.waiting or self.monitoring:
+        to it is in the making, and for a monitor that keeps up.  A client
+        that does not take its reply is as idle as one that sends nothing."""
+        if self.waiting or self.monitoring and not self.closing:
             return None
         return self.last
 
     def on_event(self, mask):
+        if self.sock is None:
+            return                      # closed by another's event in the same turn
         if mask & selectors.EVENT_WRITE:
+            if self.stream is not None:
+                self.fill()
             self.flush()
         elif mask & selectors.EVENT_READ and not self.outbuf:
             self.receive()              # one read at most, so input stays bounded
@@ -3163,7 +3239,7 @@ class Client:
     def process_binary(self):
         """One reply for each request, then the connection closes, as
         smcroutectl expects."""
-        while self.sock is not None and not self.outbuf:
+        while self.sock is not None and not self.outbuf and self.stream is None:
             try:
                 request = parse_request(self.inbuf)
             except ValueError as exc:
@@ -3182,13 +3258,17 @@ class Client:
             if reply is None:
                 self.waiting = True
                 return
-            self.outbuf += pack_reply(reply)
+            if isinstance(reply, Stream):
+                self.start_stream(reply)
+            else:
+                self.outbuf += pack_reply(reply)
             self.flush()
 
     def process_lines(self):
         """Answer the complete lines received; the replies go out together,
         up to REPLY_BATCH bytes, before more is read (backpressure)."""
-        while self.sock is not None and len(self.outbuf) < REPLY_BATCH:
+        while (self.sock is not None and self.stream is None and not self.monitoring
+               and len(self.outbuf) < REPLY_BATCH):
             end = self.inbuf.find(b"\n")
             if end < 0:
                 if len(self.inbuf) > MAX_LINE:
@@ -3224,23 +3304,49 @@ class Client:
         self.discarding = True
         del self.inbuf[:]
 
-    def queue(self, lines):
-        self.outbuf += ("\n".join(lines) + "\n").encode()
+    def queue(self, reply):
+        if isinstance(reply, Stream):
+            self.start_stream(reply)
+        else:
+            self.outbuf += ("\n".join(reply) + "\n").encode()
+
+    def start_stream(self, stream):
+        self.stream = stream
+        self.fill()
+
+    def fill(self):
+        """Make more of the reply in the making, up to REPLY_BATCH bytes
+        waiting to be sent (no more than the client takes), for at most
+        REPLY_SLICE seconds: the rest at the next turn of the loop."""
+        self.last = time.monotonic()    # while its reply is made, a client is not idle
+        deadline = self.last + REPLY_SLICE
+        while self.stream is not None and len(self.outbuf) < REPLY_BATCH:
+            try:
+                piece = next(self.stream.pieces)
+            except StopIteration:
+                piece, self.stream = self.stream.end, None
+            except Exception as exc:
+                piece, self.stream = self.stream.failed(exc), None
+            if piece is not None:
+                self.outbuf += piece.encode("utf-8", "replace")
+            if time.monotonic() > deadline:
+                return
 
     def reply(self, lines):
         self.queue(lines)
         self.flush()
 
     def flush(self):
-        try:
-            sent = self.sock.send(self.outbuf)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return self.close()
-        del self.outbuf[:sent]
-        self.last = time.monotonic()
-        if self.closing and not self.outbuf:
+        if self.outbuf:
+            try:
+                sent = self.sock.send(self.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return self.close()
+            del self.outbuf[:sent]
+            self.last = time.monotonic()
+        if self.closing and not self.outbuf and self.stream is None:
             self.close()
 
     def answer(self, lines):
@@ -3431,7 +3537,7 @@ class ControlServer:
             if registered:
                 self.selector.unregister(client.sock)
             return
-        events = selectors.EVENT_WRITE if client.outbuf else selectors.EVENT_READ
+        events = selectors.EVENT_WRITE if client.outbuf or client.stream else selectors.EVENT_READ
         if registered:
             self.selector.modify(client.sock, events, client.on_event)
         else:

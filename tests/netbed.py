@@ -265,14 +265,14 @@ class Daemon:
         sock.settimeout(10 * SLOWER)
         sock.sendall("".join(line + "\n" for line in lines).encode())
         sock.shutdown(socket.SHUT_WR)
-        data = b""
+        chunks = []
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
-            data += chunk
+            chunks.append(chunk)
         sock.close()
-        return data.decode().splitlines()
+        return b"".join(chunks).decode().splitlines()
 
     def ok(self, line):
         """Send one command that must succeed; returns its data lines."""

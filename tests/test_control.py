@@ -123,7 +123,7 @@ def test_line_too_long_is_refused_and_the_next_line_served(start):
 def test_a_line_that_never_ends_is_bounded(start):
     daemon = start()
     sock = raw_connection(daemon)
-    sock.sendall(b"x" * 100000)
+    sock.sendall(b"x" * (1 << 20))          # a MiB, and no newline
     assert sock.recv(100) == b"error: line too long, at most 1024 bytes\n"
     sock.sendall(b"\nversion\n")
     assert sock.makefile().readline() == "smcroute.py 0.1.0\n"
@@ -170,7 +170,7 @@ def test_a_thousand_idle_connections_never_lock_an_operator_out(start):
         answered = time.monotonic() - begun
         assert held[0].makefile().read() == "error: closed to make room for another client\n"
         assert held[1].makefile().read() == "error: closed to make room for another client\n"
-        assert answered < 2, "answered in %.3f s" % answered
+        assert answered < 0.1 * SLOWER, "answered in %.3f s" % answered
         held[-1].sendall(b"w\n")                    # the newest were kept
         assert held[-1].recv(100).endswith(b"ok\n")
     finally:
@@ -208,7 +208,7 @@ def test_a_client_that_says_nothing_for_30_seconds_is_closed(start):
 def test_random_bytes_on_the_socket_never_hurt(bed, start):
     daemon = start("mroute from a1 source 10.0.0.1 group 225.1.2.3 to b1\n")
 
-    @settings(max_examples=300, deadline=None, derandomize=True)
+    @settings(max_examples=2000, deadline=None, derandomize=True)
     @given(st.binary(max_size=3000))
     def send(data):
         sock = raw_connection(daemon)
@@ -227,21 +227,21 @@ def test_random_bytes_on_the_socket_never_hurt(bed, start):
 
 
 def test_a_client_that_never_reads_a_big_reply_holds_up_no_one(start, tmp_path):
-    rules = "".join("mroute from a1 source 10.0.0.1 group 225.%d.%d.1 to b1\n" % (n >> 8, n & 255)
-                    for n in range(256, 256 + 1000))
+    rules = "".join("mroute from a1 source 10.0.0.1 group 225.%d.%d.%d to b1\n"
+                    % (n >> 16, n >> 8 & 255, n & 255) for n in range(65536, 65536 + 100000))
     daemon = start(rules)
+    rss, _ = daemon.usage()
     greedy = [raw_connection(daemon) for _ in range(4)]
     for sock in greedy:
         sock.sendall(b"show\n" + b"help\n" * 2000)   # megabytes of replies, never read
     for _ in range(20):
         begun = time.monotonic()
         assert daemon.ctl("version") == ["smcroute.py 0.1.0", "ok"]
-        assert time.monotonic() - begun < 1 * SLOWER
-    greedy[-1].sendall(b"version\n")
-    greedy[-1].close()                          # hangs up in the middle of its replies
+        assert time.monotonic() - begun < 0.1 * SLOWER
+    assert daemon.usage()[0] - rss < 8 << 10    # kB: the replies are made as they are taken
+    for sock in greedy:
+        sock.close()                            # hang up in the middle of their replies
     assert daemon.ok("add a1 10.0.0.1 225.1.2.3 b1") == []
-    for sock in greedy[:-1]:
-        sock.close()
     assert daemon.proc.poll() is None
 
 

@@ -69,10 +69,10 @@ def test_dash_f_checks_the_file_and_previews_the_reload_in_the_running_daemon(be
 # Monitor -------------------------------------------------------------------------
 
 class Monitor:
-    def __init__(self, daemon):
+    def __init__(self, daemon, request=b"monitor\n"):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.connect(daemon.socket)
-        self.sock.sendall(b"monitor\n")
+        self.sock.sendall(request)
         self.sock.settimeout(5 * SLOWER)
         self.lines = []
         self.buf = b""
@@ -95,6 +95,13 @@ class Monitor:
             self.lines.append(line)
             if text in line:
                 return line
+
+
+def test_what_follows_monitor_on_its_connection_is_ignored(start):
+    daemon = start()
+    monitor = Monitor(daemon, b"monitor\nshow json\nversion\n")
+    daemon.ok("reload")
+    assert monitor.next() == "reload %s: 0 routes, 0 learned, 0 joins" % daemon.config
 
 
 # Emulated (build.sh test's VM), netlink drops interface events and they
