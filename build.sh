@@ -11,6 +11,9 @@
 #   ./build.sh bench [ARGS]         compare smcroute.py with SMCRoute's C daemon (bench/compare.py --help)
 #   ./build.sh soak [--minutes N]   churn the daemon for N minutes (10), report its RSS and fds
 #
+# test, bench and soak run in a VM (tests/vm) where this kernel has no
+# multicast routing.
+#
 # The test tools go into a virtualenv (.venv, or $VENV); Debian packages the
 # tests need are installed when missing.  Building the zipapp needs only shiv:
 # the test venv's, one on PATH, or a venv of its own (.venv-build) made once.
@@ -328,7 +331,11 @@ case "${1:-}" in
             echo "build.sh: bench builds network namespaces: run it as root" >&2
             exit 1
         fi
-        exec /usr/bin/python3 bench/compare.py "$@"
+        install_packages "python3:python3 smcroutectl:smcroute"
+        if kernel_routes_multicast; then
+            exec /usr/bin/python3 bench/compare.py "$@"
+        fi
+        run_in_vm /usr/bin/python3 bench/compare.py "$@"
         ;;
     *)
         echo "usage: $0 pyz [OUTPUT] | install [PREFIX] | uninstall [PREFIX] | demo | test [PYTEST ARGS]" \

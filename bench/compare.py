@@ -1186,7 +1186,8 @@ def machine_header(program, c_version):
     daemon_python = run(PYTHON, "-c", "import sys; print(sys.version.split()[0])").strip()
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "kernel": os.uname().release,
+        "kernel": os.uname().release + (" (build.sh's VM, emulated: times are several times native)"
+                                        if os.environ.get("SMCROUTE_EMULATED") else ""),
         "cpu": "%d × %s" % (len(models), models[0] if models else "?"),
         "daemon python": "%s %s" % (PYTHON, daemon_python),
         "bench python": "%s %s" % (sys.executable, sys.version.split()[0]),
