@@ -3016,7 +3016,10 @@ class Control:
         except Exception as exc:
             error = self.error_text(exc, line)
             if "json" in words[1:]:
-                return [json_line({"error": error})]
+                try:
+                    return [json_line({"error": error})]
+                except CommandError:
+                    pass                # no json module: the error as text, then
             return ["error: " + error]
 
     # What any client may ask; everything else changes the daemon's state

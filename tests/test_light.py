@@ -37,10 +37,17 @@ sys.exit(smcroute.main())
 
 
 class LightDaemon(Daemon):
+    lacks = NOT_IN_LIGHT
+
     def command_line(self, *extra):
         line = super().command_line(*extra)
-        program = ["-I", "-S", "-c", LAUNCHER % (NOT_IN_LIGHT, DAEMON, DAEMON.rsplit("/", 1)[0])]
+        program = ["-I", "-S", "-c", LAUNCHER % (self.lacks, DAEMON, DAEMON.rsplit("/", 1)[0])]
         return line[:5] + program + line[line.index("-u"):]
+
+
+class MinimalDaemon(LightDaemon):
+    """Debian's python3-minimal has no json module either."""
+    lacks = NOT_IN_LIGHT + ["json", "_json"]
 
 
 CONFIG = """\
@@ -80,3 +87,10 @@ def test_the_daemon_reloads_without_what_light_lacks(bed, light):
     light.signal(signal.SIGHUP)
     wait_for(lambda: reached(bed.traffic(["225.1.2.3"]), "225.1.2.3") == ALL, timeout=20)
     assert light.ctl("check")[-2:] == ["no changes", "ok"]
+
+
+def test_without_json_a_json_request_gets_a_plain_error(bed, tmp_path):
+    daemon = MinimalDaemon(bed, CONFIG, workdir=str(tmp_path / "minimal")).start()
+    assert daemon.ctl("show json") == ["error: JSON output needs Python's json module"]
+    assert daemon.ctl("show routes smcroute")[-1] == "ok"
+    assert daemon.stop() == 0, daemon.log()
