@@ -2657,15 +2657,22 @@ def json_module():
     return json
 
 
+def json_encoder():
+    """json.dumps(obj, separators=(",", ":")), without the new encoder
+    dumps makes at each call."""
+    return json_module().JSONEncoder(separators=(",", ":")).encode
+
+
 def json_line(obj):
-    return json_module().dumps(obj, separators=(",", ":"))
+    return json_encoder()(obj)
 
 
 def json_array(objects):
     """A JSON list's text, an element at a time."""
+    encode = json_encoder()
     yield "["
     for n, obj in enumerate(objects):
-        yield ("," if n else "") + json_line(obj)
+        yield ("," if n else "") + encode(obj)
     yield "]"
 
 
