@@ -585,6 +585,17 @@ class Rules:
             for other in self.alternates.get(key, ()):
                 yield key, other
 
+    def each_exact(self, keys):
+        """(key, rule) for the exact rules of `keys`, alternates included:
+        a snapshot of keys, walked while rules come and go, leaves out those
+        gone meanwhile."""
+        for key in keys:
+            rule = self.exact.get(key)
+            if rule is not None:
+                yield key, rule
+                for other in self.alternates.get(key, ()):
+                    yield key, other
+
     def all_templates(self):
         """Templates in config order."""
         return sorted(self.templates[4] + self.templates[16], key=lambda r: r.origin)
@@ -2212,6 +2223,11 @@ class Router:
         """[(origin, kind, iif, source, group, oifs, waits for)] for every
         rule that is not wholly in effect, in config order; only those
         naming one of `names` when given."""
+        return drain(self.finding_pending(names))
+
+    def finding_pending(self, names=None):
+        """pending(), a slice of the exact rules at a time (it yields
+        between slices)."""
         def named(iif, oifs):
             return names is None or names_any(iif, oifs, names)
 
@@ -2228,12 +2244,14 @@ class Router:
             return why
         memo = {}
         found = []
-        for key, rule in self.rules.all_exact():
-            if named(rule.iif, rule.oifs):
-                why = waits_for(rule.iif, rule.oifs, len(key) >> 1, key in self.starved)
-                if why:
-                    found.append((rule.origin, "mroute", rule.iif) + split_key_text(key)
-                                 + (rule.oifs, why))
+        for chunk in slices(list(self.rules.exact), SLICE):
+            for key, rule in self.rules.each_exact(chunk):
+                if named(rule.iif, rule.oifs):
+                    why = waits_for(rule.iif, rule.oifs, len(key) >> 1, key in self.starved)
+                    if why:
+                        found.append((rule.origin, "mroute", rule.iif) + split_key_text(key)
+                                     + (rule.oifs, why))
+            yield
         for route in self.rules.all_templates():
             if named(route.iif, route.oifs):
                 why = waits_for(route.iif, route.oifs, len(route.group.addr),
@@ -2267,8 +2285,9 @@ class Router:
         self.waiting.update(after)
 
     def warnings(self):
-        """What the config asks for that cannot be done yet, as warnings."""
-        self.waiting = {row[0]: row for row in self.pending()}
+        """What the config asks for that cannot be done yet, as warnings,
+        a slice at a time."""
+        self.waiting = {row[0]: row for row in (yield from self.finding_pending())}
         return ["%s: %s waits for %s" % (self.origins.text(row[0]), pending_text(row), ", ".join(row[6]))
                 for row in self.waiting.values()]
 
@@ -2300,26 +2319,29 @@ class Router:
         self.origins = config.origins
         self.origins.run("ipc")
         starved, self.starved = self.starved, set()
+        new = self.rules
+        # (keys, the test of those to sync): 100k keys are tested a slice at
+        # a time too.
         if everything:
             self.entries, self.routing = {}, {}
-            keys = [list(self.rules.exact)]
+            parts = [(list(new.exact), None)]
         else:
-            keys = [[k for k, rule in self.rules.exact.items() if old.exact.get(k) is not rule],
-                    [k for k in old.exact if k not in self.rules.exact],
-                    [k for k in set(old.alternates) | set(self.rules.alternates)
-                     if old.alternates.get(k) != self.rules.alternates.get(k)]]
+            parts = [(list(new.exact), lambda k: old.exact.get(k) is not new.exact.get(k)),
+                     (list(old.exact), lambda k: k not in new.exact),
+                     (list(set(old.alternates) | set(new.alternates)),
+                      lambda k: old.alternates.get(k) != new.alternates.get(k))]
         # Then what else is installed, or waits: learned entries, and those
         # of the rules that are gone.
-        keys += [[k for k in self.mfc if k not in self.rules.exact and k not in self.learned],
-                 list(self.learned) if relearn else [], list(starved)]
+        parts += [(list(self.mfc), lambda k: k not in new.exact and k not in self.learned),
+                  (list(self.learned) if relearn else [], None), (list(starved), None)]
         # Config order decides which rules get the last free VIFs.
         problems = self.sync_vifs()
-        for part in keys:
-            for chunk in slices(part, SLICE):
-                problems += self.sync(chunk)
+        for keys, wanted in parts:
+            for chunk in slices(keys, SLICE):
+                problems += self.sync(chunk if wanted is None else list(filter(wanted, chunk)))
                 yield
         problems += self.sync_vifs() + self.sync_joins()
-        warnings = self.warnings()
+        warnings = yield from self.warnings()
         for warning in warnings:
             log.warning(warning)
         return warnings + problems

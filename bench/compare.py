@@ -1196,6 +1196,29 @@ def machine_header(program, c_version):
     }
 
 
+PACE_ROUTES = 10000
+
+
+def python_pace(workdir):
+    """Seconds Debian's python3 takes to parse a config of 10k (S,G) routes
+    with smcroute.py's parser, median of 7 processes: pure Python work,
+    which says how much slower build.sh's VM runs Python than this machine
+    does natively."""
+    path = write_config(os.path.join(workdir, "pace.conf"), route_pairs(PACE_ROUTES))
+    code = ("import sys, time; sys.path.insert(0, %r); import smcroute; "
+            "started = time.perf_counter(); smcroute.read_config(%r); "
+            "print(time.perf_counter() - started)" % (ROOT, path))
+    return statistics.median(float(run(PYTHON, "-c", code)) for _ in range(7))
+
+
+def pace_text(pace):
+    here = "Python pace: %s to parse %s routes" % (UNITS["s"](pace["here"]), size_text(PACE_ROUTES))
+    if pace.get("native") is None:
+        return here
+    return "%s here, %s natively on the VM's host: Python runs %.1f× slower here" \
+        % (here, UNITS["s"](pace["native"]), pace["here"] / pace["native"])
+
+
 def parse_size(text):
     text = text.strip().lower()
     return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
@@ -1223,6 +1246,11 @@ def parse_args(argv):
     parser.add_argument("--flood-rate", type=float, default=10000, help="new flows a second (default 10000)")
     parser.add_argument("--flood-seconds", type=float, help="length of the flood (default 2)")
     parser.add_argument("--json", metavar="FILE", help="save the raw numbers")
+    parser.add_argument("--pace", action="store_true",
+                        help="print only the Python pace (seconds to parse %s routes) and exit"
+                        % size_text(PACE_ROUTES))
+    parser.add_argument("--native-pace", type=float, metavar="SEC",
+                        help="the pace measured outside build.sh's VM, to compare with this one's")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -1237,6 +1265,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.pace:
+        with tempfile.TemporaryDirectory(prefix="smcroute-pace-") as workdir:
+            print("%.6f" % python_pace(workdir))
+        return
     if os.geteuid() != 0:
         sys.exit("compare.py: run as root (network namespaces, multicast routing)")
     began = time.monotonic()
@@ -1254,6 +1286,7 @@ def main(argv=None):
                  pyz_path and PyKind("smcroute.pyz", pyz_path),
                  CKind(c_version))
         results["header"] = machine_header(program, c_version)
+        results["pace"] = {"here": python_pace(workdir), "native": args.native_pace}
         bed = Bed()
         bench = Bench(args, bed, workdir)
         measure(args, bench, kinds, results)
@@ -1274,6 +1307,8 @@ def main(argv=None):
     print("%s; kernel %s; %s" % (header["date"], header["kernel"], header["cpu"]))
     print("daemons under %s; bench under %s; %s; smcrouted %s"
           % (header["daemon python"], header["bench python"], header["smcroute.py"], header["smcrouted"]))
+    if "pace" in results:
+        print(pace_text(results["pace"]))
     print()
     print_table(args, results, kinds)
     print_notes(args, results)
