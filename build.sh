@@ -339,6 +339,8 @@ case "${1:-}" in
         # timed here natively tells how much slower the VM runs.
         pace=$(/usr/bin/python3 bench/compare.py --pace)
         run_in_vm /usr/bin/python3 bench/compare.py --native-pace "$pace" "$@"
+        # And the daemon's own work natively, the kernel's part stubbed out.
+        /usr/bin/python3 bench/native.py
         ;;
     *)
         echo "usage: $0 pyz [OUTPUT] | install [PREFIX] | uninstall [PREFIX] | demo | test [PYTEST ARGS]" \
