@@ -2461,7 +2461,7 @@ InterfaceRow = namedtuple("InterfaceRow", "index name vif mif state multicast tt
 PendingRow = namedtuple("PendingRow", "kind iif source group oifs origin waits_for")
 
 
-SLICE = 2000                # entries synced, or config lines read, between two looks at the sockets
+SLICE = 500                # entries synced, or config lines read, between two looks at the sockets
 
 
 def slices(items, size):

@@ -41,7 +41,7 @@ def stubbed_daemon(argv):
             return super().setsockopt(level, option, value, *rest)
 
     smcroute.Socket = Stubbed       # the module's name for sockets: its own made here
-    sys.exit(smcroute.main(argv))
+    sys.exit(smcroute.main(["smcroute"] + argv))
 
 
 class StubbedKind(PyKind):

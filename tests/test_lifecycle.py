@@ -4,11 +4,14 @@ leaves behind."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
-from netbed import DAEMON, wait_for
+from netbed import DAEMON, SLOWER, wait_for
 from test_forwarding import ALL, reached
 from test_groups import igmp_groups
 
@@ -220,6 +223,54 @@ def test_clients_are_answered_while_a_big_config_loads(bed, start):
     wait_for(lambda: os.stat(daemon.pidfile).st_mtime != 1000000000, timeout=30)
     assert "(10.0.0.1,225.1.156.63)" in [line.split()[0] for line in bed.mroutes(4).splitlines()
                                          if "Oifs: b2" in line]
+
+
+class Asker(threading.Thread):
+    """Asks `version` every 10 ms, each on a fresh connection, and keeps
+    how long each answer took; connections refused (not listening yet)
+    do not count."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path, self.waits, self.stopping = path, [], threading.Event()
+
+    def run(self):
+        while not self.stopping.wait(0.01):
+            with socket.socket(socket.AF_UNIX) as sock:
+                asked = time.monotonic()
+                try:
+                    sock.connect(self.path)
+                except OSError:
+                    continue
+                sock.sendall(b"version\n")
+                reply = b""
+                while not reply.endswith(b"ok\n"):
+                    reply += sock.recv(4096)
+                self.waits.append(time.monotonic() - asked)
+
+    def waits_until(self, done):
+        """The waits of the questions asked until done() is true."""
+        wait_for(done, timeout=120)
+        waits, self.waits = self.waits, []
+        return waits
+
+
+def test_the_socket_answers_within_50_ms_all_through_a_start_and_a_reload_of_100k_routes(start):
+    """The slices are small enough, to the end of the job (the rules that
+    wait, the keys that changed), that no question waits long."""
+    daemon = start(many_routes(100000), wait=False)
+    asker = Asker(daemon.socket)
+    asker.start()
+    try:
+        during_start = asker.waits_until(lambda: os.path.exists(daemon.pidfile))
+        os.utime(daemon.pidfile, (1000000000, 1000000000))
+        daemon.signal(signal.SIGHUP)
+        during_reload = asker.waits_until(lambda: os.stat(daemon.pidfile).st_mtime != 1000000000)
+    finally:
+        asker.stopping.set()
+        asker.join()
+    for waits in (during_start, during_reload):
+        assert len(waits) >= 10 and max(waits) < 0.05 * SLOWER, waits
 
 
 def test_a_reload_command_is_answered_when_it_is_done_and_in_order(start):
