@@ -23,6 +23,7 @@ import _socket
 import bisect
 import errno
 import fcntl
+import gc
 import os
 import select
 import selectors
@@ -2150,10 +2151,11 @@ class Router:
 
     # Interfaces that come and go -------------------------------------------
 
-    def interfaces_changed(self, changes):
+    def changing_interfaces(self, changes):
         """Bring exactly what the interface `changes` [(before, after)]
         touch in line: the rules that name them, the entries that use
-        their VIFs, and the memberships on them."""
+        their VIFs, and the memberships on them; a slice at a time (it
+        yields between slices), as an interface of 100k routes may go."""
         names, indexes = set(), set()
         for before, after in changes:
             self.report_interface(before, after)
@@ -2162,23 +2164,26 @@ class Router:
                     names.add(iface.name)
             if before is not None:
                 indexes.add(before.index)
-        keys = self.keys_naming(names)
+        keys = yield from self.keys_naming(names)
         for size, kernel in self.kernels.items():
             slots = kernel.slots_of(indexes)
             if slots:
-                keys.update(k for k, (parent, oifs) in self.mfc.items()
-                            if len(k) >> 1 == size
-                            and (parent in slots or any(v in slots for v, _ in oifs)))
+                for chunk in slices(list(self.mfc), SLICE):
+                    keys.update(k for k in chunk if len(k) >> 1 == size
+                                and uses_vifs(self.mfc.get(k), slots))
+                    yield
             kernel.forget_vifs(self.ifaces.by_index)
         gone = {i for i in indexes if i not in self.ifaces.by_index}
         if gone:
             self.learned = {k: v for k, v in self.learned.items() if v.iif not in gone}
             self.joins.forget(gone)
         self.entries, self.routing = {}, {}
-        self.sync(keys)
+        for chunk in slices(keys, SLICE):
+            self.sync(chunk)
+            yield
         self.sync_vifs()
         self.sync_joins()
-        self.report_waiting(names)
+        yield from self.report_waiting(names)
 
     def report_interface(self, before, after):
         """An event for a change of an interface: a notice for one that
@@ -2202,15 +2207,17 @@ class Router:
     def keys_naming(self, names):
         """The keys whose entries may change when interfaces `names` come
         or go: exact rules naming them, and what templates naming them
-        learned."""
+        learned; a slice of the exact rules at a time."""
         keys = set()
         hits = {}
-        for key, rule in self.rules.all_exact():
-            hit = hits.get((rule.iif, rule.oifs))
-            if hit is None:
-                hit = hits[(rule.iif, rule.oifs)] = names_any(rule.iif, rule.oifs, names)
-            if hit:
-                keys.add(key)
+        for chunk in slices(list(self.rules.exact), SLICE):
+            for key, rule in self.rules.each_exact(chunk):
+                hit = hits.get((rule.iif, rule.oifs))
+                if hit is None:
+                    hit = hits[(rule.iif, rule.oifs)] = names_any(rule.iif, rule.oifs, names)
+                if hit:
+                    keys.add(key)
+            yield
         for size in self.kernels:
             for route in self.rules.templates[size]:
                 if names_any(route.iif, route.oifs, names):
@@ -2269,19 +2276,31 @@ class Router:
         return found
 
     def report_waiting(self, names):
-        """Tell which rules naming `names` now wait, or are in effect."""
-        after = {row[0]: row for row in self.pending(names)}
-        before = {origin: row for origin, row in self.waiting.items()
-                  if names_any(row[2], row[5], names)}
-        for origin, row in after.items():
-            if origin not in before or before[origin][6] != row[6]:
-                events.emit(syslog.LOG_NOTICE, "pending", "%s: %s waits for %s"
-                            % (self.origins.text(origin), pending_text(row), ", ".join(row[6])))
-        for origin, row in before.items():
-            del self.waiting[origin]
-            if origin not in after:
-                events.emit(syslog.LOG_NOTICE, "active", "%s: %s is in effect"
-                            % (self.origins.text(origin), pending_text(row)))
+        """Tell which rules naming `names` now wait, or are in effect; a
+        slice at a time."""
+        after = {row[0]: row for row in (yield from self.finding_pending(names))}
+        before, hits = {}, {}
+        for chunk in slices(list(self.waiting.items()), SLICE):
+            for origin, row in chunk:
+                hit = hits.get((row[2], row[5]))
+                if hit is None:
+                    hit = hits[(row[2], row[5])] = names_any(row[2], row[5], names)
+                if hit:
+                    before[origin] = row
+            yield
+        for chunk in slices(after.items(), SLICE):
+            for origin, row in chunk:
+                if origin not in before or before[origin][6] != row[6]:
+                    events.emit(syslog.LOG_NOTICE, "pending", "%s: %s waits for %s"
+                                % (self.origins.text(origin), pending_text(row), ", ".join(row[6])))
+            yield
+        for chunk in slices(before.items(), SLICE):
+            for origin, row in chunk:
+                del self.waiting[origin]
+                if origin not in after:
+                    events.emit(syslog.LOG_NOTICE, "active", "%s: %s is in effect"
+                                % (self.origins.text(origin), pending_text(row)))
+            yield
         self.waiting.update(after)
 
     def warnings(self):
@@ -2344,6 +2363,10 @@ class Router:
         warnings = yield from self.warnings()
         for warning in warnings:
             log.warning(warning)
+        # What a config leaves lives long, and a full pass of the cycle
+        # collector over 100k rules stops the loop for tens of ms: it need
+        # not look at them again.  (Replaced rules go by reference count.)
+        gc.freeze()
         return warnings + problems
 
     def changes(self, config):
@@ -2516,6 +2539,11 @@ def phyint_text(phyint):
 def names_any(iif, oifs, names):
     """Does a rule from `iif` to `oifs` name one of the interfaces `names`?"""
     return any(name_matches(p, n) for p in (iif,) + tuple(oifs) for n in names)
+
+
+def uses_vifs(entry, slots):
+    """Does an MFC entry (None: gone) take or send on one of the VIFs `slots`?"""
+    return entry is not None and (entry[0] in slots or any(vif in slots for vif, _ in entry[1]))
 
 
 def split_key_text(key):
@@ -3602,7 +3630,8 @@ class ControlServer:
 class Daemon:
     """Sockets, signals and timers around a Router, in one select() loop.
     Reading and applying a config is a job that runs a slice at each turn
-    of the loop, so that upcalls and clients are served meanwhile."""
+    of the loop, so that upcalls and clients are served meanwhile; so is
+    bringing the routes in line after interfaces change."""
 
     def __init__(self, options, on_ready=None):
         self.options = options
@@ -3691,7 +3720,7 @@ class Daemon:
     def read_interface_events(self):
         changes, addressed = self.interfaces.read_events()
         if changes:
-            self.router.interfaces_changed(changes)
+            self.jobs.append(self.router.changing_interfaces(changes))
         discovery = self.router.discovery
         for index in addressed:
             if discovery is not None and index in discovery.links:

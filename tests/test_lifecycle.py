@@ -250,7 +250,7 @@ class Asker(threading.Thread):
 
     def waits_until(self, done):
         """The waits of the questions asked until done() is true."""
-        wait_for(done, timeout=120)
+        wait_for(done, timeout=60)
         waits, self.waits = self.waits, []
         return waits
 
@@ -271,6 +271,33 @@ def test_the_socket_answers_within_50_ms_all_through_a_start_and_a_reload_of_100
         asker.join()
     for waits in (during_start, during_reload):
         assert len(waits) >= 10 and max(waits) < 0.05 * SLOWER, waits
+
+
+def logged_lately(daemon, *words):
+    """Has a line of the daemon's last 64 kB of log all of `words`?"""
+    with open(daemon.logfile, "rb") as log:
+        log.seek(max(0, os.path.getsize(daemon.logfile) - 65536))
+        return any(all(w in line for w in words)
+                   for line in log.read().decode("utf-8", "replace").splitlines())
+
+
+def test_the_socket_answers_within_50_ms_while_the_interface_of_100k_routes_stops_and_resumes_multicast(
+        bed, start):
+    """Bringing 100k routes in line with their interface goes a slice at a
+    time too, to the last rule's notice."""
+    daemon = start(many_routes(100000))
+    asker = Asker(daemon.socket)
+    asker.start()
+    waits = []
+    try:
+        for state, news in (("off", "waits for b1 to be multicast-capable"), ("on", "is in effect")):
+            bed.exec("rtr", "ip", "link", "set", "b1", "multicast", state)
+            waits += asker.waits_until(lambda news=news: logged_lately(daemon, ":100000: ", news))
+    finally:
+        asker.stopping.set()
+        asker.join()
+        bed.exec("rtr", "ip", "link", "set", "b1", "multicast", "on")
+    assert len(waits) >= 10 and max(waits) < 0.05 * SLOWER, waits
 
 
 def test_a_reload_command_is_answered_when_it_is_done_and_in_order(start):
