@@ -2151,11 +2151,14 @@ class Router:
 
     # Interfaces that come and go -------------------------------------------
 
-    def changing_interfaces(self, changes):
-        """Bring exactly what the interface `changes` [(before, after)]
-        touch in line: the rules that name them, the entries that use
-        their VIFs, and the memberships on them; a slice at a time (it
-        yields between slices), as an interface of 100k routes may go."""
+    def interfaces_changed(self, changes):
+        """Take the interface `changes` [(before, after)] in at once: they
+        are told, and what was worked out from the interfaces before is
+        forgotten, so that every sync from now on sees them.  Returns the
+        job (a generator: it yields between slices, as an interface of
+        100k routes may go) that brings in line what they touch: the rules
+        that name them, the entries that use their VIFs, and the
+        memberships on them."""
         names, indexes = set(), set()
         for before, after in changes:
             self.report_interface(before, after)
@@ -2164,23 +2167,29 @@ class Router:
                     names.add(iface.name)
             if before is not None:
                 indexes.add(before.index)
-        keys = yield from self.keys_naming(names)
-        for size, kernel in self.kernels.items():
-            slots = kernel.slots_of(indexes)
-            if slots:
-                for chunk in slices(list(self.mfc), SLICE):
-                    keys.update(k for k in chunk if len(k) >> 1 == size
-                                and uses_vifs(self.mfc.get(k), slots))
-                    yield
+        slots = {size: kernel.slots_of(indexes) for size, kernel in self.kernels.items()}
+        for kernel in self.kernels.values():
             kernel.forget_vifs(self.ifaces.by_index)
         gone = {i for i in indexes if i not in self.ifaces.by_index}
         if gone:
             self.learned = {k: v for k, v in self.learned.items() if v.iif not in gone}
             self.joins.forget(gone)
         self.entries, self.routing = {}, {}
+        return self.bringing_in_line(names, slots)
+
+    def bringing_in_line(self, names, slots):
+        """The job of interfaces_changed: `names` changed, and the VIFs
+        `slots` {size: vifs} were theirs."""
+        keys = yield from self.keys_naming(names)
+        for size, vifs in slots.items():
+            if vifs:
+                for chunk in slices(list(self.mfc), SLICE):
+                    keys.update(k for k in chunk if len(k) >> 1 == size
+                                and uses_vifs(self.mfc.get(k), vifs))
+                    yield
         for chunk in slices(keys, SLICE):
+            yield                   # before: the last slice and the VIFs go together
             self.sync(chunk)
-            yield
         self.sync_vifs()
         self.sync_joins()
         yield from self.report_waiting(names)
@@ -2361,11 +2370,15 @@ class Router:
                 yield
         problems += self.sync_vifs() + self.sync_joins()
         warnings = yield from self.warnings()
-        for warning in warnings:
-            log.warning(warning)
+        for chunk in slices(warnings, SLICE):
+            for warning in chunk:
+                log.warning(warning)
+            yield
         # What a config leaves lives long, and a full pass of the cycle
         # collector over 100k rules stops the loop for tens of ms: it need
-        # not look at them again.  (Replaced rules go by reference count.)
+        # not look at them again.  Replaced rules go by reference count;
+        # the young garbage is collected first, so that little is frozen.
+        gc.collect(1)
         gc.freeze()
         return warnings + problems
 
@@ -3720,7 +3733,7 @@ class Daemon:
     def read_interface_events(self):
         changes, addressed = self.interfaces.read_events()
         if changes:
-            self.jobs.append(self.router.changing_interfaces(changes))
+            self.jobs.append(self.router.interfaces_changed(changes))
         discovery = self.router.discovery
         for index in addressed:
             if discovery is not None and index in discovery.links:

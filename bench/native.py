@@ -4,12 +4,12 @@
 
 Where the kernel cannot route multicast, compare.py runs in build.sh's VM,
 emulated, and its times are many times native.  This runs the daemon here,
-natively, with the multicast routing socket options stubbed out (MRT_INIT,
-MRT_ADD_VIF, MRT_ADD_MFC... return at once): everything else is real -- the
-config, the reconcile path, the control socket, rtnetlink.  So it times the
+natively, with the multicast routing socket options stubbed out
+(bench/stubbed.py): everything else is real -- the config, the reconcile
+path, the control socket, rtnetlink.  So it times the
 Python side of figures 4-8 of compare.py (8: in-process, from the upcall);
-the kernel's own work is left out.  Not a test, and no stand-in for compare.py on a
-kernel that routes multicast.
+the kernel's own work is left out.  Not a test, and no stand-in for
+compare.py on a kernel that routes multicast.
 """
 
 import argparse
@@ -22,37 +22,14 @@ import time
 
 import compare
 from compare import Bed, Daemon, Prober, PyKind, add_pipelined, route_pairs, write_config
+from stubbed import stubbed_smcroute
 
-STUB = "--stubbed-daemon"
-MRT_OPTIONS = range(200, 213)       # MRT_BASE .. MRT_BASE + 12, as MRT6_*
-MRT_LEVELS = (0, 41)                # IPPROTO_IP, IPPROTO_IPV6
-
-
-def stubbed_smcroute():
-    """The smcroute module, its routing sockets' MRT options doing nothing."""
-    sys.path.insert(0, compare.ROOT)
-    import smcroute
-
-    class Stubbed(smcroute.Socket):
-        __slots__ = ()
-
-        def setsockopt(self, level, option, value, *rest):
-            if level in MRT_LEVELS and option in MRT_OPTIONS:
-                return None
-            return super().setsockopt(level, option, value, *rest)
-
-    smcroute.Socket = Stubbed       # the module's name for sockets: its own made here
-    return smcroute
-
-
-def stubbed_daemon(argv):
-    sys.exit(stubbed_smcroute().main(["smcroute"] + argv))
+STUBBED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stubbed.py")
 
 
 class StubbedKind(PyKind):
     def command(self, config, sock, pidfile):
-        return [compare.PYTHON, os.path.abspath(__file__), STUB] + \
-            super().command(config, sock, pidfile)[2:]
+        return [compare.PYTHON, STUBBED] + super().command(config, sock, pidfile)[2:]
 
 
 def scale(bed, kind, workdir, size, reloads, samples):
@@ -120,7 +97,7 @@ ROWS = [("start.%d", "4 start -> ready, %s routes", compare.START_TARGETS),
 
 
 def print_table(samples, sizes):
-    lines = [("figure", "smcroute.py, stubbed", "target", "met?")]
+    lines = [("figure", "smcroute.py, stubbed (bytecode cached)", "target", "met?")]
     rows = [(key % size, label % compare.size_text(size), targets.get(size))
             for key, label, targets in ROWS for size in sizes]
     if 10000 in sizes:
@@ -176,6 +153,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == [STUB]:
-        stubbed_daemon(sys.argv[2:])
     main()

@@ -79,11 +79,10 @@ def engine():
     yield "podman"
 
 
-def base_image(engine):
-    """A Debian image with python3-minimal, imported from a debootstrap
-    tree that is cached between runs."""
-    if run(engine, "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
-        return
+def base_tarball():
+    """A debootstrap tree of Debian with python3-minimal, as a tarball
+    cached between runs.  build.sh makes it before the test VM starts: the
+    VM has no network."""
     if not os.path.exists(BASE_CACHE):
         os.makedirs(os.path.dirname(BASE_CACHE), exist_ok=True)
         tree = tempfile.mkdtemp()
@@ -94,7 +93,14 @@ def base_image(engine):
             os.rename(BASE_CACHE + ".part", BASE_CACHE)
         finally:
             shutil.rmtree(tree)
-    run(engine, "import", BASE_CACHE, BASE_IMAGE)
+    return BASE_CACHE
+
+
+def base_image(engine):
+    """A Debian image with python3-minimal, imported from base_tarball()."""
+    if run(engine, "image", "inspect", BASE_IMAGE, check=False).returncode == 0:
+        return
+    run(engine, "import", base_tarball(), BASE_IMAGE)
 
 
 @pytest.fixture(scope="module")
