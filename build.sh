@@ -308,7 +308,7 @@ case "${1:-}" in
         else
             # The VM has no network: the container tests' Debian base is
             # made here first.
-            (cd tests && "$VENV/bin/python" -c 'import test_container; test_container.base_tarball()')
+            PYTHONPATH=tests "$VENV/bin/python" -c 'import test_container; test_container.base_tarball()'
             # Emulated, a test may take ten times its usual bound.
             run_in_vm ./build.sh vm-tests --timeout=1200 "$@"
         fi
